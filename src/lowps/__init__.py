@@ -1,0 +1,23 @@
+"""lowps: perceptual image distance from low-accuracy ImageNet networks.
+
+Kumar, Houlsby, Kalchbrenner, Cubuk. "Do better ImageNet classifiers assess perceptual similarity
+better?" TMLR 2022. The public surface:
+
+* :class:`PerceptualDistance`: the metric as an ``nn.Module`` (backbone -> feature taps -> head);
+* :func:`distance`: the functional form with a cached module;
+* :mod:`lowps.weights`: the weights registry, downloads and checkpoint loading;
+* :mod:`lowps.backbones` / :mod:`lowps.heads`: the building blocks.
+"""
+from __future__ import annotations
+
+from . import backbones, heads, weights
+from .backbones import list_backbones
+from .functional import distance, get_metric
+from .heads import HEADS
+from .inputs import InputError
+from .metric import PerceptualDistance
+
+__version__ = "0.1.0"
+
+__all__ = ["PerceptualDistance", "distance", "get_metric", "list_backbones", "HEADS", "InputError",
+           "backbones", "heads", "weights", "__version__"]

@@ -1,0 +1,160 @@
+"""Backbones: a timm model plus the feature taps a perceptual distance reads.
+
+One contract for every backbone (:class:`Backbone`): ``forward(x)`` takes an image batch that is
+already normalised with ``backbone.mean`` / ``backbone.std`` and returns one tensor per layer,
+``(N, C_l, H_l, W_l)``; ``backbone.layers`` describes them. Which taps a model gets:
+
+* lowps' TPU-style ResNets (``resnet6``, ``resnet10``, ``resnet18_tpu``, ``resnet50_tpu``,
+  ``resnet200_tpu``): the outputs of the four reduction stages (strides 4, 8, 16, 32), as in
+  Kumar et al. 2022.
+* Vision Transformers (``vit_base_patch8_64``, ``vit_large_patch4_64`` or any timm ViT): the CLS
+  token after every encoder block, one layer each (C = width, H = W = 1), as in the paper.
+* Any other timm CNN (``timm:<name>`` or the bare timm name): the last feature map at each of the
+  strides 4, 8, 16 and 32 through timm's ``forward_intermediates``.
+
+Names are timm registry names: importing :mod:`lowps` registers lowps' own models there.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import timm
+import torch
+from torch import nn
+
+from . import resnet_tpu, vit  # noqa: F401  (registers lowps models in timm's registry)
+from .resnet_tpu import TPUResNet
+
+__all__ = ["Backbone", "LayerInfo", "create_backbone", "list_backbones", "LOWPS_BACKBONES",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The backbones of the paper's study that lowps defines itself (all also in timm's registry).
+LOWPS_BACKBONES = ("resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu",
+                   "vit_base_patch8_64", "vit_large_patch4_64")
+
+_CNN_REDUCTIONS = (4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One feature tap: its name, channel count and spatial reduction (None for tokens)."""
+
+    name: str
+    channels: int
+    reduction: int | None
+
+
+class Backbone(nn.Module):
+    """A timm model with feature taps (see module docstring for the contract).
+
+    Attributes:
+        arch: the timm model name.
+        model: the full timm model (classifier included, so checkpoints load strictly).
+        layers: one :class:`LayerInfo` per tap, in forward order.
+        mean, std: per-channel input normalisation on [0, 1] images.
+        min_size: the smallest input side the taps are defined for.
+        fixed_size: (H, W) for models that only take one input size (timm ViTs without
+            ``dynamic_img_size``), else None.
+        multiple_of: input sides must be a multiple of this (the ViT patch size), else 1.
+    """
+
+    def __init__(self, arch: str, model: nn.Module, layers: list[LayerInfo], kind: str,
+                 mean: tuple[float, ...], std: tuple[float, ...], min_size: int,
+                 tap_indices: list[int] | None = None, fixed_size: tuple[int, int] | None = None,
+                 multiple_of: int = 1) -> None:
+        super().__init__()
+        self.arch, self.model, self.layers, self.kind = arch, model, layers, kind
+        self.mean, self.std, self.min_size = tuple(mean), tuple(std), int(min_size)
+        self._tap_indices = tap_indices
+        self.fixed_size, self.multiple_of = fixed_size, multiple_of
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.kind == "stages":
+            return self.model.forward_stages(x)  # type: ignore[operator]
+        if self.kind == "cls":
+            # forward_intermediates returns (spatial, prefix_tokens) per block; prefix[:, 0] is CLS.
+            out = self.model.forward_intermediates(  # type: ignore[operator]
+                x, indices=None, return_prefix_tokens=True, intermediates_only=True, output_fmt="NLC")
+            return [prefix[:, 0, :, None, None] for _, prefix in out]
+        return self.model.forward_intermediates(  # type: ignore[operator]
+            x, indices=self._tap_indices, intermediates_only=True, stop_early=True)
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, layers={self.layer_names}"
+
+
+def list_backbones() -> list[str]:
+    """The backbones of the paper's study that lowps provides; any timm model name also works."""
+    return list(LOWPS_BACKBONES)
+
+
+def _timm_name(name: str) -> str:
+    return name[len("timm:"):] if name.startswith("timm:") else name
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    # Random-init backbones are a baseline in the paper; make them the same network every time.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
+    """Build a backbone by timm name (``"resnet6"``, ``"timm:convnext_tiny"``, ...), randomly initialised.
+
+    Weights are loaded separately (:func:`lowps.weights.load_into`). ``num_classes`` keeps a
+    classifier on the underlying model (used by training and by checkpoints that carry one).
+    """
+    arch = _timm_name(name)
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:6]}*")[:8] if arch else []
+        raise ValueError(
+            f"unknown backbone {name!r}. lowps backbones: {', '.join(LOWPS_BACKBONES)}; any timm model "
+            f"name also works (timm.list_models())." + (f" Similar timm names: {', '.join(close)}" if close else ""))
+    with _seeded(seed):
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    model.eval()
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    if isinstance(model, TPUResNet):
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        layers = [LayerInfo(f"stage{i + 1}", c, r)
+                  for i, (c, r) in enumerate(zip(model.stage_channels, model.stage_reductions))]
+        return Backbone(arch, model, layers, "stages", mean, std, min_size=16)
+    blocks = getattr(model, "blocks", None)
+    if hasattr(model, "cls_token") and getattr(model, "cls_token") is not None and blocks is not None:
+        width = int(getattr(model, "embed_dim"))
+        layers = [LayerInfo(f"block{i}", width, None) for i in range(len(blocks))]
+        patch = model.patch_embed.patch_size  # type: ignore[union-attr]
+        fixed = None
+        if not getattr(model, "dynamic_img_size", False):
+            fixed = tuple(model.patch_embed.img_size)  # type: ignore[union-attr]
+        return Backbone(arch, model, layers, "cls", mean, std, min_size=max(patch), fixed_size=fixed,
+                        multiple_of=max(patch))
+    info = getattr(model, "feature_info", None)
+    if not info or not hasattr(model, "forward_intermediates"):
+        raise ValueError(f"timm model {arch!r} exposes no feature_info/forward_intermediates; "
+                         "lowps cannot tap its features. Use a timm CNN or ViT that supports "
+                         "forward_intermediates, or one of " + ", ".join(LOWPS_BACKBONES))
+    taps: dict[int, int] = {}
+    for idx, f in enumerate(info):  # the last map at each reduction
+        if f["reduction"] in _CNN_REDUCTIONS:
+            taps[f["reduction"]] = idx
+    if not taps:
+        raise ValueError(f"timm model {arch!r} has no feature maps at strides {_CNN_REDUCTIONS}")
+    indices = [taps[r] for r in sorted(taps)]
+    layers = [LayerInfo(f"stage{i + 1}", info[j]["num_chs"], info[j]["reduction"])
+              for i, j in enumerate(indices)]
+    return Backbone(arch, model, layers, "intermediates", mean, std,
+                    min_size=max(r for r in taps) // 2, tap_indices=indices)

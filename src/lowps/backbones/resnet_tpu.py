@@ -1,0 +1,207 @@
+"""ResNets as in the TPU ResNet code used by Kumar et al. 2022 (ResNet-6, -10, -18, -50, -200).
+
+They differ from torchvision/timm ResNets in three ways that matter for converted checkpoints and
+for reproducing the paper:
+
+* every stage's first block has a projection shortcut (conv1x1 + BN), stage 1 included;
+* the stem max-pool uses TensorFlow "SAME" padding (0 before / 1 after for even sizes), not
+  PyTorch's symmetric ``padding=1``;
+* ResNet-6 is built from *single-conv* residual blocks: ``ReLU(BN(conv3x3(x)) + BN(conv1x1(x)))``.
+
+The models are registered in timm's registry, so ``timm.create_model("resnet6")`` works once
+``lowps`` is imported. ``forward_stages`` returns the outputs of the four reduction stages, which is
+the feature contract :mod:`lowps.backbones` builds on.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from torch import nn
+
+__all__ = ["TPUResNet", "tf_same_max_pool"]
+
+# TF batch-norm decay 0.9 == PyTorch momentum 0.1; eps as in the TPU code's BN (1e-5).
+_BN_MOMENTUM = 0.1
+_BN_EPS = 1e-5
+
+
+def tf_same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    """Max-pool with TensorFlow "SAME" padding (extra padding goes after, padded cells never win)."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
+        out = math.ceil(size / stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    if any(pads):
+        x = F.pad(x, pads, value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride)
+
+
+def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+    if zero_init:  # TPU code: last BN of each residual branch starts at gamma = 0
+        nn.init.zeros_(bn.weight)
+    return bn
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    # TF "fixed padding" for stride > 1 and "SAME" for stride 1 both equal symmetric (k-1)//2 for odd k.
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2, bias=False)
+
+
+class _Projection(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__(_conv(cin, cout, 1, stride), _bn(cout))
+
+
+class SingleConvBlock(nn.Module):
+    """ResNet-6's block: one 3x3 conv on the main path, a projection on the shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, project: bool) -> None:
+        super().__init__()
+        self.conv1 = _conv(cin, cout, 3, stride)
+        self.bn1 = _bn(cout, zero_init=True)
+        self.shortcut = _Projection(cin, cout, stride) if project else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(self.conv1(x)) + self.shortcut(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, project: bool) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, cout, 3, stride), _bn(cout)
+        self.conv2, self.bn2 = _conv(cout, cout, 3), _bn(cout, zero_init=True)
+        self.shortcut = _Projection(cin, cout, stride) if project else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, cout: int, stride: int, project: bool) -> None:
+        super().__init__()
+        mid = cout // self.expansion
+        self.conv1, self.bn1 = _conv(cin, mid, 1), _bn(mid)
+        self.conv2, self.bn2 = _conv(mid, mid, 3, stride), _bn(mid)  # stride on the 3x3, as in TPU code
+        self.conv3, self.bn3 = _conv(mid, cout, 1), _bn(cout, zero_init=True)
+        self.shortcut = _Projection(cin, cout, stride) if project else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return F.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+
+_BLOCKS = {"single": (SingleConvBlock, 1), "basic": (BasicBlock, 1), "bottleneck": (Bottleneck, 4)}
+
+
+class TPUResNet(nn.Module):
+    """A ResNet laid out like the TPU ResNet reference code (see module docstring).
+
+    Args:
+        layers: blocks per stage, e.g. ``(1, 1, 1, 1)``.
+        block: ``"single"`` (ResNet-6), ``"basic"`` or ``"bottleneck"``.
+        num_classes: classifier outputs; 0 for no classifier.
+    """
+
+    widths = (64, 128, 256, 512)
+
+    def __init__(self, layers: Sequence[int], block: str = "basic", num_classes: int = 1000,
+                 in_chans: int = 3, **_: object) -> None:
+        super().__init__()
+        if block not in _BLOCKS:
+            raise ValueError(f"unknown block {block!r}; expected one of {sorted(_BLOCKS)}")
+        block_cls, expansion = _BLOCKS[block]
+        self.conv1, self.bn1 = _conv(in_chans, 64, 7, 2), _bn(64)
+        stages, cin = [], 64
+        for i, (n, w) in enumerate(zip(layers, self.widths)):
+            cout = w * expansion
+            blocks = [block_cls(cin, cout, 1 if i == 0 else 2, project=True)]
+            blocks += [block_cls(cout, cout, 1, project=False) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.num_features = cin
+        self.stage_channels = [w * expansion for w in self.widths]
+        self.stage_reductions = [4, 8, 16, 32]
+        self.num_classes = num_classes
+        self.fc = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(self.fc, nn.Linear):
+            nn.init.normal_(self.fc.weight, std=0.01)
+            nn.init.zeros_(self.fc.bias)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the four reduction stages (after their final ReLU)."""
+        x = tf_same_max_pool(F.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_stages(x)[-1])
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+# --- timm registry entries (timm.create_model(name, num_classes=...) works after `import lowps`) ---
+
+@register_model
+def resnet6(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+    """ResNet-6 of Kumar et al. 2022: four single-conv residual blocks, 1,774,656 trunk parameters."""
+    _no_timm_pretrained(pretrained)
+    return TPUResNet((1, 1, 1, 1), "single", **kwargs)
+
+
+@register_model
+def resnet10(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+    """ResNet-10: basic blocks [1, 1, 1, 1], projection on every stage (TPU style)."""
+    _no_timm_pretrained(pretrained)
+    return TPUResNet((1, 1, 1, 1), "basic", **kwargs)
+
+
+@register_model
+def resnet18_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+    """ResNet-18, TPU style (projection on every stage)."""
+    _no_timm_pretrained(pretrained)
+    return TPUResNet((2, 2, 2, 2), "basic", **kwargs)
+
+
+@register_model
+def resnet50_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+    """ResNet-50, TPU style (bottleneck, stride on the 3x3, projection on every stage)."""
+    _no_timm_pretrained(pretrained)
+    return TPUResNet((3, 4, 6, 3), "bottleneck", **kwargs)
+
+
+@register_model
+def resnet200_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+    """ResNet-200, TPU style."""
+    _no_timm_pretrained(pretrained)
+    return TPUResNet((3, 24, 36, 3), "bottleneck", **kwargs)
+
+
+def _no_timm_pretrained(pretrained: bool) -> None:
+    if pretrained:
+        raise ValueError("lowps models carry no timm pretrained weights; use "
+                         "lowps.PerceptualDistance(weights=...) or lowps.weights.load(...)")

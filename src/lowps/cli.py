@@ -1,0 +1,183 @@
+"""Command-line interface: ``lowps`` (distance, weights, train) and ``lowps-score``.
+
+Every command calls the library; none reimplements it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "score_main"]
+
+
+def _metric_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="resnet6", help="lowps backbone or timm model name (default: resnet6)")
+    p.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style", "linear"],
+                   help="distance head (default: meanpool)")
+    p.add_argument("--weights", default=None,
+                   help="backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)")
+    p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
+    p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
+
+
+def _layers(s: str | None) -> list[str | int] | None:
+    if not s:
+        return None
+    return [int(v) if v.lstrip("-").isdigit() else v for v in s.split(",")]
+
+
+def _cmd_distance(a: argparse.Namespace) -> int:
+    from .functional import distance
+
+    d = distance(a.img0, a.img1, backbone=a.backbone, distance=a.distance, weights=a.weights,
+                 layers=_layers(a.layers), head_weights=a.head_weights, per_layer=a.per_layer)
+    if a.per_layer:
+        total, per = d
+        print(f"{float(total[0]):.6f}")
+        for name, v in per.items():
+            print(f"  {name}: {float(v[0]):.6f}")
+    else:
+        print(f"{float(d[0]):.6f}")
+    return 0
+
+
+def _cmd_weights(a: argparse.Namespace) -> int:
+    from . import weights
+
+    if a.action == "list":
+        for e in weights.list():
+            status = "embedded" if e.embedded else ("cached" if e.local_path().is_file() else "remote")
+            top1 = e.metrics.get("top1")
+            extra = f" top-1 {top1}%" if top1 is not None else ""
+            default = f" (default for {e.default_for})" if e.default_for else ""
+            print(f"{e.name:32s} {e.arch:14s} {e.kind:8s} {status:8s} {e.size / 1e6:7.1f} MB{extra}{default}")
+        return 0
+    if not a.name:
+        raise SystemExit(f"lowps weights {a.action} needs a NAME (see `lowps weights list`)")
+    if a.action == "download":
+        print(weights.download(a.name, progress=not a.quiet))
+    elif a.action == "path":
+        print(weights.path(a.name))
+    elif a.action == "verify":
+        print(f"{weights.verify(a.name)}  OK")
+    return 0
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from .weights.convert_tf import convert_tf_checkpoint
+
+    sha = convert_tf_checkpoint(a.from_tf, a.arch, a.out, num_classes=a.num_classes)
+    print(f"wrote {a.out} (sha256 {sha})")
+    return 0
+
+
+def _cmd_train_backbone(a: argparse.Namespace) -> int:
+    from .train.backbone import TrainConfig, train_backbone
+
+    cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                      weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
+                      ckpt_every=a.ckpt_every, seed=a.seed, limit_per_class=a.limit_per_class,
+                      device=a.device, threads=a.threads, progress=not a.quiet)
+    if a.ckpt_steps is not None:
+        cfg.ckpt_steps = [int(s) for s in a.ckpt_steps.split(",") if s]
+    out = train_backbone(cfg, resume=a.resume)
+    print(out)
+    return 0
+
+
+def _cmd_eval_backbone(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data.imagenet import load_split
+    from .train.backbone import evaluate
+    from .weights import build_backbone
+
+    bb = build_backbone(a.arch, a.weights)
+    val = load_split(a.data, "val")
+    if getattr(bb.model, "num_classes", 0) != len(val.classes):
+        raise SystemExit(f"weights {a.weights} carry {getattr(bb.model, 'num_classes', 0)} classes but "
+                         f"{a.data} has {len(val.classes)}")
+    res = evaluate(bb.model.to(memory_format=torch.channels_last), val, torch.device("cpu"))
+    print(json.dumps({"weights": bb.weights_name, "sha256": bb.weights_sha256, **res}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowps", description="Perceptual image distance from low-accuracy ImageNet "
+                                "networks (Kumar et al. 2022).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distance", help="distance between two image files")
+    d.add_argument("img0")
+    d.add_argument("img1")
+    _metric_args(d)
+    d.add_argument("--per-layer", action="store_true", help="also print each layer's distance")
+    d.set_defaults(func=_cmd_distance)
+
+    w = sub.add_parser("weights", help="list, download, verify, locate or convert weights")
+    wsub = w.add_subparsers(dest="action", required=True)
+    for action, text in [("list", "registered weights"), ("download", "fetch into the cache"),
+                         ("verify", "check the sha256"), ("path", "print the local path")]:
+        s = wsub.add_parser(action, help=text)
+        if action != "list":
+            s.add_argument("name")
+        else:
+            s.set_defaults(name=None)
+        s.add_argument("--quiet", action="store_true", help="no progress bar")
+        s.set_defaults(func=_cmd_weights)
+    c = wsub.add_parser("convert", help="convert a TF checkpoint of the paper's TPU ResNet code to safetensors")
+    c.add_argument("--from-tf", required=True, metavar="CKPT_PREFIX", help="checkpoint prefix, e.g. model.ckpt-1000")
+    c.add_argument("--arch", required=True, choices=["resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu",
+                                                     "resnet200_tpu", "resnet50", "resnet200", "resnet18"])
+    c.add_argument("--out", required=True, help="output .safetensors file")
+    c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: read from the checkpoint)")
+    c.set_defaults(func=_cmd_convert)
+
+    t = sub.add_parser("train", help="train backbones or linear heads")
+    tsub = t.add_subparsers(dest="what", required=True)
+    tb = tsub.add_parser("backbone", help="train a classification backbone, keeping early checkpoints")
+    tb.add_argument("--arch", default="resnet6")
+    tb.add_argument("--data", required=True, help="tiny-imagenet:DIR | imagenet64:DIR | folder:DIR")
+    tb.add_argument("--epochs", type=float, default=16)
+    tb.add_argument("--batch-size", type=int, default=256)
+    tb.add_argument("--lr", type=float, default=None, help="default 0.1 x batch/256")
+    tb.add_argument("--weight-decay", type=float, default=1e-4)
+    tb.add_argument("--warmup-epochs", type=float, default=1.0)
+    tb.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    tb.add_argument("--ckpt-every", type=int, default=250, metavar="STEPS")
+    tb.add_argument("--ckpt-steps", default=None, help="extra checkpoint steps, comma-separated (default 0,25,50,100,150,200)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--limit-per-class", type=int, default=None, help="use at most N training images per class")
+    tb.add_argument("--device", default="auto")
+    tb.add_argument("--threads", type=int, default=None)
+    tb.add_argument("--out", required=True)
+    tb.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    tb.add_argument("--quiet", action="store_true")
+    tb.set_defaults(func=_cmd_train_backbone)
+
+    e = sub.add_parser("eval", help="classification accuracy of a checkpoint on a validation split")
+    e.add_argument("--arch", default="resnet6")
+    e.add_argument("--weights", default=None)
+    e.add_argument("--data", required=True)
+    e.set_defaults(func=_cmd_eval_backbone)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"lowps: error: {e}", file=sys.stderr)
+        return 2
+
+
+def score_main(argv: Sequence[str] | None = None) -> int:
+    print("lowps-score: not implemented yet", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

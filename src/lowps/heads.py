@@ -1,0 +1,141 @@
+"""Distance heads: how two lists of feature maps become a distance (Kumar et al. 2022, sec. 3).
+
+Every head maps features ``f0[l], f1[l]`` of shape (N, C_l, H_l, W_l) to per-layer distances
+(N, L); the metric sums over layers. With ``u(f)`` the unit-length normalisation across channels:
+
+* ``local`` (LPIPS eq. 1): ``mean_hw || u(f0) - u(f1) ||^2``.
+* ``linear`` (LPIPS with learned weights): ``mean_hw sum_c w_c (u(f0) - u(f1))_c^2``, ``w >= 0``.
+* ``meanpool``: ``(1/C) || u(mean_hw f0) - u(mean_hw f1) ||^2`` (the paper's best, PS 70.2).
+* ``style``: ``(1/C^2) || G0 - G1 ||_F^2`` with ``G = U U^T / (H W)`` and ``U = u(f)`` flattened to
+  C x HW. The paper leaves the 1/(HW) open; lowps divides (as Gatys et al.) so a Gram entry is a mean
+  over positions of a product of unit vectors' components and lies in [-1, 1], independent of image
+  size.
+
+Heads always compute in float32 or wider, also under autocast: the normalisation and squared
+differences lose too much in bf16/fp16.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Head", "LocalHead", "LinearHead", "MeanPoolHead", "StyleHead", "HEADS", "create_head",
+           "unit_normalize"]
+
+EPS = 1e-10
+
+
+def unit_normalize(f: torch.Tensor, dim: int = 1, eps: float = EPS) -> torch.Tensor:
+    """``f / (sqrt(sum f^2 + eps^2) + eps)`` along ``dim``.
+
+    Equal to LPIPS's ``f / (sqrt(sum f^2) + eps)`` to within ~1e-10 relative, but with a finite
+    gradient where all channels are zero (LPIPS's sqrt has an infinite slope there and gives NaN).
+    """
+    return f / (torch.sqrt(f.pow(2).sum(dim, keepdim=True) + eps * eps) + eps)
+
+
+def _wide(f: torch.Tensor) -> torch.Tensor:
+    return f if f.dtype in (torch.float32, torch.float64) else f.float()
+
+
+class Head(nn.Module):
+    """Base class: ``forward(f0, f1, idx) -> (N, len(idx))`` per-layer distances."""
+
+    name: str = ""
+    has_map: bool = False
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.channels = list(channels)
+
+    def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"the {self.name!r} distance has no spatial map; use 'local' or 'linear'")
+
+    def forward(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor],
+                idx: Sequence[int]) -> torch.Tensor:
+        with torch.autocast(f0[0].device.type, enabled=False):
+            return torch.stack([self.layer(i, _wide(f0[i]), _wide(f1[i])) for i in idx], dim=1)
+
+    def maps(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor], idx: Sequence[int],
+             size: tuple[int, int]) -> torch.Tensor:
+        """Per-layer distance maps upsampled (bilinear) to ``size``: (N, len(idx), H, W)."""
+        with torch.autocast(f0[0].device.type, enabled=False):
+            out = [F.interpolate(self.layer_map(i, _wide(f0[i]), _wide(f1[i])), size=size, mode="bilinear",
+                                 align_corners=False) for i in idx]
+        return torch.cat(out, dim=1)
+
+
+class LocalHead(Head):
+    name, has_map = "local", True
+
+    def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (unit_normalize(a) - unit_normalize(b)).pow(2).sum(1, keepdim=True)
+
+    def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.layer_map(i, a, b).mean((1, 2, 3))
+
+
+class LinearHead(LocalHead):
+    """LPIPS-style learned weights: one non-negative 1x1 conv (no bias) per layer, keys ``lin{l}.weight``."""
+
+    name = "linear"
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__(channels)
+        for i, c in enumerate(self.channels):
+            self.add_module(f"lin{i}", nn.Conv2d(c, 1, 1, bias=False))
+            nn.init.ones_(getattr(self, f"lin{i}").weight)  # ones == the 'local' head
+
+    def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        w = getattr(self, f"lin{i}").weight
+        return F.conv2d((unit_normalize(a) - unit_normalize(b)).pow(2), w.to(a.dtype))
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project the weights onto w >= 0 (done after every optimiser step, as in LPIPS)."""
+        for i in range(len(self.channels)):
+            getattr(self, f"lin{i}").weight.clamp_(min=0)
+
+    def check(self) -> None:
+        for i in range(len(self.channels)):
+            w = getattr(self, f"lin{i}").weight
+            if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+                raise ValueError(f"linear head weights lin{i} must be finite and >= 0; the file is not a "
+                                 "valid linear head (train with lowps train linear, which clamps them)")
+
+
+class MeanPoolHead(Head):
+    name = "meanpool"
+
+    def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ua, ub = unit_normalize(a.mean((2, 3))), unit_normalize(b.mean((2, 3)))
+        return (ua - ub).pow(2).sum(1) / a.shape[1]
+
+
+class StyleHead(Head):
+    name = "style"
+
+    @staticmethod
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        u = unit_normalize(f).flatten(2)
+        return u @ u.transpose(1, 2) / u.shape[2]
+
+    def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        c = a.shape[1]
+        return (self.gram(a) - self.gram(b)).pow(2).sum((1, 2)) / (c * c)
+
+
+HEADS: dict[str, type[Head]] = {h.name: h for h in (LocalHead, MeanPoolHead, StyleHead, LinearHead)}
+
+
+def create_head(name: str, channels: Sequence[int]) -> Head:
+    """Build a head by name: one of ``local``, ``meanpool``, ``style``, ``linear``."""
+    if name not in HEADS:
+        raise ValueError(f"unknown distance {name!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[name](channels)

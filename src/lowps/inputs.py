@@ -1,0 +1,146 @@
+"""The one input validator every lowps entry point uses (module, functional, LPIPS, CLI, scoring).
+
+Bad input raises :class:`InputError` (a ``ValueError``) that names the problem and the fix; nothing
+here ever returns a silently wrong tensor.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+__all__ = ["InputError", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
+           "parse_input_range"]
+
+ImageLike = Union[torch.Tensor, np.ndarray, "os.PathLike[str]", str, Any]  # Any: PIL.Image.Image
+
+
+class InputError(ValueError):
+    """An input the metric cannot take; the message says what to change."""
+
+
+def parse_input_range(input_range: tuple[float, float] | str) -> tuple[float, float]:
+    """Normalise ``input_range``: a (low, high) pair, or the strings ``"0,1"`` / ``"-1,1"``."""
+    if isinstance(input_range, str):
+        try:
+            lo, hi = (float(v) for v in input_range.split(","))
+        except ValueError as e:
+            raise InputError(f"input_range {input_range!r} is not 'low,high' (e.g. '0,1' or '-1,1')") from e
+    else:
+        try:
+            lo, hi = (float(v) for v in input_range)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"input_range must be a pair like (0, 1) or (-1, 1), got {input_range!r}") from e
+    if not hi > lo:
+        raise InputError(f"input_range must have low < high, got {(lo, hi)}")
+    return lo, hi
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an image file as a float tensor (3, H, W) in [0, 1] (greyscale and RGBA become RGB)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"image file not found: {p}")
+    try:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises several types for unreadable files
+        raise InputError(f"cannot read image {p}: {e}") from e
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Turn a tensor, PIL image, uint8 numpy array or file path into a float tensor.
+
+    Tensors pass through unchanged (they must already be in ``input_range``). PIL images, uint8
+    arrays (H x W or H x W x 3) and paths are read as [0, 1] and mapped onto ``input_range``.
+    """
+    if isinstance(img, torch.Tensor):
+        return img
+    if isinstance(img, (str, os.PathLike)):
+        x = load_image(img)
+    elif isinstance(img, np.ndarray):
+        if img.dtype != np.uint8:
+            raise InputError(
+                f"numpy arrays must be uint8 images (H x W x 3 or H x W), got dtype {img.dtype}; "
+                "for float data pass a torch tensor (N, 3, H, W) in input_range")
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if img.ndim != 3 or img.shape[2] not in (1, 3):
+            raise InputError(f"numpy image must be H x W x 3 or H x W, got shape {img.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
+    elif type(img).__module__.startswith("PIL."):
+        x = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).float().div_(255)
+    else:
+        raise InputError(f"cannot use {type(img).__name__} as an image; pass a torch tensor, PIL image, "
+                         "uint8 numpy array or file path")
+    lo, hi = input_range
+    return x * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else x
+
+
+def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input") -> None:
+    """Raise if ``x`` holds NaN/inf or values outside ``input_range`` (with a small float slack)."""
+    lo, hi = input_range
+    with torch.no_grad():
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(f"{name} contains NaN or inf values")
+        xmin, xmax = (float(v) for v in torch.aminmax(x.detach()))
+    slack = 1e-4 * (hi - lo)
+    if xmin < lo - slack or xmax > hi + slack:
+        hint = ""
+        if lo == 0 and xmin < 0 and xmin >= -1 - slack and xmax <= 1 + slack:
+            hint = " It looks like [-1, 1] data: pass input_range=(-1, 1)."
+        elif xmax > hi + slack and xmax <= 255 + slack and xmin >= 0:
+            hint = " It looks like [0, 255] data: divide by 255."
+        raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
+                         f"[{lo:g}, {hi:g}].{hint} Set input_range= to the range your images use.")
+
+
+def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not x.is_floating_point():
+        raise InputError(f"{name} has dtype {x.dtype}; pass a floating-point tensor in input_range "
+                         "(for uint8 images: x.float() / 255 with input_range=(0, 1))")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4:
+        raise InputError(f"{name} must be (N, C, H, W) or (C, H, W), got {x.ndim} dims with shape {tuple(x.shape)}")
+    if x.shape[1] == 1:  # greyscale: repeat to RGB, as the backbones expect three channels
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] != 3:
+        raise InputError(f"{name} has {x.shape[1]} channels in dim 1 of shape {tuple(x.shape)}; expected 3 (RGB) "
+                         "or 1 (greyscale). Channels-last data needs x.permute(0, 3, 1, 2)")
+    return x
+
+
+def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[float, float], *,
+                  min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
+                  check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate an image pair and return both as (N, 3, H, W) batches.
+
+    Checks: floating dtype, 3 or 4 dims, 1 or 3 channels (1 is repeated to 3), equal shapes, equal
+    devices, size limits of the backbone, finite values inside ``input_range``.
+    """
+    x0, x1 = _as_batch(img0, "img0"), _as_batch(img1, "img1")
+    if x0.shape != x1.shape:
+        raise InputError(f"img0 and img1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}; "
+                         "resize or crop them to one size first")
+    if x0.device != x1.device:
+        raise InputError(f"img0 is on {x0.device} and img1 on {x1.device}; move both to one device")
+    h, w = x0.shape[-2:]
+    if min(h, w) < min_size:
+        raise InputError(f"images of {h}x{w} are too small for this backbone: every side must be at least "
+                         f"{min_size} px to reach its deepest layer (upsample them, or choose shallower layers=)")
+    if fixed_size is not None and (h, w) != tuple(fixed_size):
+        raise InputError(f"this backbone only takes {fixed_size[0]}x{fixed_size[1]} inputs, got {h}x{w}; resize the images")
+    if multiple_of > 1 and (h % multiple_of or w % multiple_of):
+        raise InputError(f"image sides must be multiples of {multiple_of} (the patch size) for this backbone, "
+                         f"got {h}x{w}; crop or resize them")
+    if check_values:
+        check_range(x0, input_range, "img0")
+        check_range(x1, input_range, "img1")
+    return x0, x1

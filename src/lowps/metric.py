@@ -1,0 +1,166 @@
+"""The metric module: backbone -> feature taps -> distance head (Kumar et al. 2022)."""
+from __future__ import annotations
+
+import os
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, create_backbone
+from .heads import Head, LinearHead, create_head
+from .inputs import ImageLike, parse_input_range, to_tensor, validate_pair
+
+__all__ = ["PerceptualDistance", "WeightsSpec"]
+
+#: ``None`` (the backbone's default weights), ``"random"`` (seeded random init, the paper's baseline),
+#: a registry name (``lowps.weights.list()``), a local file path or an http(s) URL.
+WeightsSpec = Union[str, "os.PathLike[str]", None]
+
+
+class PerceptualDistance(nn.Module):
+    """Perceptual distance between image pairs from a (low-accuracy) ImageNet backbone.
+
+    Kumar et al. 2022, "Do better ImageNet classifiers assess perceptual similarity better?" (TMLR):
+    shallow or early-stopped ResNets agree with human 2AFC judgements best, and the ``meanpool``
+    distance over their reduction-stage features reaches PS 70.2 on BAPPS.
+
+    Args:
+        backbone: a lowps backbone (``"resnet6"``, ``"resnet10"``, ``"resnet18_tpu"``,
+            ``"resnet50_tpu"``, ``"resnet200_tpu"``, ``"vit_base_patch8_64"``, ``"vit_large_patch4_64"``)
+            or any timm model name (optionally prefixed ``"timm:"``).
+        distance: ``"meanpool"``, ``"local"`` (LPIPS eq. 1), ``"style"`` or ``"linear"``.
+        weights: backbone weights: ``None`` for the backbone's default (for ``resnet6`` the
+            checkpoint shipped inside the package), ``"random"`` for a seeded random init, a
+            registry name, a file path or a URL (see :mod:`lowps.weights`).
+        layers: layer names (``"stage1"``..., ``"block0"``...) or indices to use; ``None`` for all.
+        input_range: the value range of input tensors, ``(0, 1)`` (default) or ``(-1, 1)``.
+        head_weights: for ``distance="linear"``: a file/registry name of trained linear weights, or
+            ``"ones"`` for the untrained start (equal to ``local``). Required for ``"linear"``.
+        check_inputs: check every batch for NaN/inf and for values outside ``input_range``
+            (one reduction per call; switch off only in tight training loops with trusted data).
+
+    ``forward(img0, img1)`` returns a tensor of shape (N,). The module starts in eval mode with
+    frozen parameters; gradients flow to the inputs, so it can be used as a loss.
+    """
+
+    def __init__(self, backbone: str = "resnet6", distance: str = "meanpool", weights: WeightsSpec = None,
+                 layers: Sequence[str | int] | None = None,
+                 input_range: tuple[float, float] | str = (0.0, 1.0),
+                 head_weights: WeightsSpec = None, check_inputs: bool = True) -> None:
+        super().__init__()
+        from . import weights as wts  # late import: weights imports backbones
+
+        self.input_range = parse_input_range(input_range)
+        self.check_inputs = check_inputs
+        self.backbone: Backbone = wts.build_backbone(backbone, weights)
+        self.head: Head = create_head(distance, [layer.channels for layer in self.backbone.layers])
+        if isinstance(self.head, LinearHead):
+            if head_weights is None:
+                raise ValueError("distance='linear' needs trained weights: pass head_weights=<file or registry "
+                                 "name> (train them with `lowps train linear`), or head_weights='ones' for the "
+                                 "untrained start, which equals distance='local'")
+            if head_weights != "ones":
+                wts.load_head(self.head, head_weights)
+        elif head_weights is not None:
+            raise ValueError(f"head_weights only applies to distance='linear', not {distance!r}")
+        self.layer_idx = self._select(layers)
+        self.layer_names = [self.backbone.layers[i].name for i in self.layer_idx]
+        reductions = [self.backbone.layers[i].reduction for i in self.layer_idx]
+        self.min_size = max([r // 2 for r in reductions if r] + [self.backbone.min_size if None in reductions else 1])
+
+        lo, hi = self.input_range
+        mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
+        # One affine map from input_range to normalised input: x01 = (x - lo)/(hi - lo); (x01 - mean)/std.
+        self.register_buffer("_scale", 1.0 / ((hi - lo) * std), persistent=False)
+        self.register_buffer("_shift", -(lo / (hi - lo) + mean) / std, persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _select(self, layers: Sequence[str | int] | None) -> list[int]:
+        names = self.backbone.layer_names
+        if layers is None:
+            return list(range(len(names)))
+        if isinstance(layers, (str, int)):
+            layers = [layers]
+        idx = []
+        for layer in layers:
+            if isinstance(layer, int) and not isinstance(layer, bool) and -len(names) <= layer < len(names):
+                idx.append(layer % len(names))
+            elif isinstance(layer, str) and layer in names:
+                idx.append(names.index(layer))
+            else:
+                raise ValueError(f"unknown layer {layer!r} for backbone {self.backbone.arch!r}; valid layers: "
+                                 f"{', '.join(names)} (or their indices 0..{len(names) - 1})")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"layers {list(layers)} name a layer twice")
+        return sorted(idx)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _prepare(self, img0: ImageLike, img1: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, x1 = to_tensor(img0, self.input_range), to_tensor(img1, self.input_range)
+        bb = self.backbone
+        x0, x1 = validate_pair(x0, x1, self.input_range, min_size=self.min_size, fixed_size=bb.fixed_size,
+                               multiple_of=bb.multiple_of, check_values=self.check_inputs)
+        dev, dtype = self._scale.device, self._scale.dtype
+        if x0.device != dev:
+            if x0.device.type == "cpu" and not isinstance(img0, torch.Tensor):
+                x0, x1 = x0.to(dev), x1.to(dev)  # images read from files/PIL follow the module
+            else:
+                raise ValueError(f"inputs are on {x0.device} but the metric is on {dev}; move one of them")
+        if x0.dtype != dtype:
+            if isinstance(img0, torch.Tensor) and isinstance(img1, torch.Tensor):
+                raise ValueError(f"inputs are {x0.dtype} but the metric is {dtype}; call metric.to({x0.dtype}) "
+                                 f"or cast the inputs (for mixed precision use torch.autocast)")
+            x0, x1 = x0.to(dtype), x1.to(dtype)
+        return x0, x1
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone features of a batch in ``input_range`` (all layers, not only the selected ones)."""
+        return self.backbone(x * self._scale + self._shift)
+
+    def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # One forward for both images: one kernel launch sequence, better batching on CPU and GPU.
+        feats = self.features(torch.cat([x0, x1]))
+        n = x0.shape[0]
+        return [f[:n] for f in feats], [f[n:] for f in feats]
+
+    # -- public --------------------------------------------------------------------------------
+    def forward(self, img0: ImageLike, img1: ImageLike,
+                per_layer: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Distance per pair, shape (N,); with ``per_layer=True`` also ``{layer name: (N,)}``."""
+        x0, x1 = self._prepare(img0, img1)
+        f0, f1 = self._pair_features(x0, x1)
+        per = self.head(f0, f1, self.layer_idx)
+        total = per.sum(1)
+        if per_layer:
+            return total, {name: per[:, k] for k, name in enumerate(self.layer_names)}
+        return total
+
+    def spatial(self, img0: ImageLike, img1: ImageLike,
+                per_layer: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Spatial distance map (N, 1, H, W) at the input size (``local`` and ``linear`` only).
+
+        Each layer's map is upsampled bilinearly to the input size and the maps are summed, as in
+        LPIPS's ``spatial=True``; its spatial mean approximates ``forward``.
+        """
+        if not self.head.has_map:
+            raise ValueError(f"distance={self.head.name!r} has no spatial map; use distance='local' or 'linear'")
+        x0, x1 = self._prepare(img0, img1)
+        f0, f1 = self._pair_features(x0, x1)
+        maps = self.head.maps(f0, f1, self.layer_idx, tuple(x0.shape[-2:]))
+        total = maps.sum(1, keepdim=True)
+        if per_layer:
+            return total, {name: maps[:, k:k + 1] for k, name in enumerate(self.layer_names)}
+        return total
+
+    def train(self, mode: bool = True) -> "PerceptualDistance":
+        # BatchNorm stays in eval mode: a metric must not depend on the batch it is called with.
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"distance={self.head.name!r}, layers={self.layer_names}, input_range={self.input_range}, "
+                f"weights={getattr(self.backbone, 'weights_name', None)!r}")

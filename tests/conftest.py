@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("LOWPS_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
+TINY = SHARED / "data" / "tiny-imagenet"
+EXAMPLES = SHARED / "data" / "lpips-examples"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Tests never touch the user's real cache.
+    monkeypatch.setenv("LOWPS_HOME", str(tmp_path_factory.mktemp("lowps_home")))
+    monkeypatch.delenv("LOWPS_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def tiny_imagenet():
+    if not (TINY / "val.zip").is_file():
+        pytest.skip(f"Tiny ImageNet not found at {TINY} (shared data absent)")
+    return TINY
+
+
+def pair(n=2, size=64, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g, dtype=dtype), torch.rand(n, 3, size, size, generator=g, dtype=dtype)

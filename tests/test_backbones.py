@@ -1,0 +1,92 @@
+import pytest
+import timm
+import torch
+
+import lowps
+from lowps.backbones import create_backbone
+from lowps.backbones.resnet_tpu import tf_same_max_pool
+
+
+def test_resnet6_parameter_count_and_feature_shapes():
+    model = timm.create_model("resnet6", num_classes=0)
+    assert sum(p.numel() for p in model.parameters()) == 1_774_656
+    feats = create_backbone("resnet6")(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+
+
+def test_resnet6_structure_single_conv_blocks_with_projection_everywhere():
+    model = timm.create_model("resnet6")
+    assert len(model.stages) == 4
+    for stage in model.stages:
+        assert len(stage) == 1
+        block = stage[0]
+        convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [c.kernel_size for c in convs] == [(3, 3), (1, 1)]  # main 3x3, projection 1x1
+        assert float(block.bn1.weight.detach().abs().sum()) == 0.0  # gamma initialised to zero
+    assert model.bn1.eps == 1e-5 and model.bn1.momentum == 0.1
+
+
+@pytest.mark.parametrize("name,blocks", [("resnet10", 1), ("resnet18_tpu", 2), ("resnet50_tpu", 3)])
+def test_tpu_resnets_project_on_every_stage(name, blocks):
+    model = timm.create_model(name, num_classes=0)
+    assert len(model.stages[0]) == blocks
+    for stage in model.stages:
+        assert not isinstance(stage[0].shortcut, torch.nn.Identity)
+
+
+def test_resnet200_layout():
+    model = timm.create_model("resnet200_tpu", num_classes=0)
+    assert [len(s) for s in model.stages] == [3, 24, 36, 3]
+
+
+def test_tf_same_max_pool_pads_after_for_even_sizes():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = tf_same_max_pool(x)
+    # TF SAME with k=3, s=2 on 4: pad 0 before, 1 after -> windows start at 0 and 2.
+    assert y.shape == (1, 1, 2, 2)
+    assert y.flatten().tolist() == [10.0, 11.0, 14.0, 15.0]
+    # PyTorch's symmetric padding=1 would give a different top-left value
+    torch_pool = torch.nn.functional.max_pool2d(x, 3, 2, padding=1)
+    assert torch_pool.flatten().tolist()[0] == 5.0
+    # odd size: symmetric padding, padded cells never win even for negative inputs
+    z = -torch.ones(1, 1, 5, 5)
+    assert torch.equal(tf_same_max_pool(z), -torch.ones(1, 1, 3, 3))
+
+
+def test_vit_taps_are_cls_tokens_per_block():
+    bb = create_backbone("vit_base_patch8_64")
+    feats = bb(torch.rand(2, 3, 64, 64))
+    assert len(feats) == 12 and bb.layer_names[0] == "block0"
+    assert all(tuple(f.shape) == (2, 768, 1, 1) for f in feats)
+
+
+def test_vit_large_patch4_64_config():
+    model = timm.create_model("vit_large_patch4_64")
+    assert model.patch_embed.patch_size == (4, 4) and len(model.blocks) == 24 and model.embed_dim == 1024
+
+
+def test_timm_cnn_taps_at_strides_4_to_32():
+    bb = create_backbone("timm:resnet18")
+    assert [layer.reduction for layer in bb.layers] == [4, 8, 16, 32]
+    feats = bb(torch.rand(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+def test_any_timm_vit_by_name():
+    bb = create_backbone("timm:vit_tiny_patch16_224")
+    assert bb.kind == "cls" and bb.fixed_size == (224, 224)
+
+
+def test_unknown_backbone_lists_valid_ones():
+    with pytest.raises(ValueError, match="resnet6"):
+        create_backbone("resnet_does_not_exist")
+
+
+def test_random_init_is_seeded():
+    a = create_backbone("resnet6").state_dict()
+    b = create_backbone("resnet6").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_list_backbones():
+    assert "resnet6" in lowps.list_backbones()

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from lowps.heads import HEADS, LinearHead, StyleHead, create_head, unit_normalize
+
+CH = [4, 6]
+
+
+def feats(seed, n=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, 4, 8, 8, generator=g), torch.rand(n, 6, 4, 4, generator=g)]
+
+
+def test_unit_normalize_matches_lpips_formula_and_has_finite_gradient_at_zero():
+    f = torch.randn(2, 5, 3, 3)
+    lpips_style = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+    assert torch.allclose(unit_normalize(f), lpips_style, atol=1e-7)
+    z = torch.zeros(1, 5, 2, 2, requires_grad=True)
+    unit_normalize(z).sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_local_head_is_lpips_eq1():
+    a, b = feats(0), feats(1)
+    head = create_head("local", CH)
+    want = sum(((unit_normalize(x) - unit_normalize(y)) ** 2).sum(1).mean((1, 2)) for x, y in zip(a, b))
+    assert torch.allclose(head(a, b, [0, 1]).sum(1), want)
+
+
+def test_meanpool_head_formula():
+    a, b = feats(0), feats(1)
+    head = create_head("meanpool", CH)
+    want = sum(((unit_normalize(x.mean((2, 3))) - unit_normalize(y.mean((2, 3)))) ** 2).sum(1) / x.shape[1]
+               for x, y in zip(a, b))
+    assert torch.allclose(head(a, b, [0, 1]).sum(1), want)
+
+
+def test_style_gram_is_normalised_by_positions():
+    # documented choice: G = U U^T / (H W) with unit-normalised U, so entries lie in [-1, 1]
+    f = torch.rand(2, 4, 8, 8) * 100
+    g = StyleHead.gram(f)
+    assert g.shape == (2, 4, 4) and float(g.abs().max()) <= 1 + 1e-6
+    # size independence: tiling the same pattern does not change the Gram matrix
+    assert torch.allclose(StyleHead.gram(f.repeat(1, 1, 2, 2)), g, atol=1e-6)
+
+
+def test_linear_head_with_ones_equals_local():
+    a, b = feats(0), feats(1)
+    assert torch.allclose(create_head("linear", CH)(a, b, [0, 1]), create_head("local", CH)(a, b, [0, 1]))
+
+
+def test_linear_head_weighting_and_check():
+    head = LinearHead(CH)
+    with torch.no_grad():
+        head.lin0.weight.zero_()
+    a, b = feats(0), feats(1)
+    assert torch.allclose(head(a, b, [0]), torch.zeros(3, 1))
+    with torch.no_grad():
+        head.lin1.weight[0, 0] = -1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        head.check()
+    head.clamp_()
+    head.check()
+
+
+def test_maps_only_for_local_and_linear():
+    a, b = feats(0), feats(1)
+    assert create_head("local", CH).maps(a, b, [0, 1], (16, 16)).shape == (3, 2, 16, 16)
+    with pytest.raises(NotImplementedError, match="spatial"):
+        create_head("meanpool", CH).maps(a, b, [0], (16, 16))
+
+
+def test_unknown_head_lists_choices():
+    with pytest.raises(ValueError, match="meanpool"):
+        create_head("cosine", CH)
+
+
+def test_heads_registry():
+    assert set(HEADS) == {"local", "meanpool", "style", "linear"}

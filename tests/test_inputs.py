@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lowps
+from lowps.inputs import InputError, parse_input_range, to_tensor, validate_pair
+
+R01 = (0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def m():
+    return lowps.PerceptualDistance(weights="random")
+
+
+def test_wrong_ndim(m):
+    with pytest.raises(InputError, match="4 dims|dims"):
+        m(torch.rand(1, 1, 3, 64, 64), torch.rand(1, 1, 3, 64, 64))
+    with pytest.raises(InputError, match="dims"):
+        m(torch.rand(64, 64), torch.rand(64, 64))
+
+
+def test_wrong_channels(m):
+    with pytest.raises(InputError, match="4 channels.*expected 3"):
+        m(torch.rand(1, 4, 64, 64), torch.rand(1, 4, 64, 64))
+    with pytest.raises(InputError, match="permute"):
+        m(torch.rand(1, 64, 64, 3), torch.rand(1, 64, 64, 3))
+
+
+def test_shape_mismatch(m):
+    with pytest.raises(InputError, match="same shape"):
+        m(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 32, 64))
+
+
+def test_out_of_range_names_the_option(m):
+    with pytest.raises(InputError, match=r"input_range.*\(-1, 1\)"):
+        m(torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64))
+    with pytest.raises(InputError, match="255"):
+        m(torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64))
+
+
+def test_nan_and_inf(m):
+    x = torch.rand(1, 3, 64, 64)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        m(x, torch.rand(1, 3, 64, 64))
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match="inf"):
+        m(torch.rand(1, 3, 64, 64), x)
+
+
+def test_too_small_for_the_backbone(m):
+    with pytest.raises(InputError, match="at least 16 px"):
+        m(torch.rand(1, 3, 15, 64), torch.rand(1, 3, 15, 64))
+    shallow = lowps.PerceptualDistance(weights="random", layers=["stage1", "stage2"])
+    assert shallow(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)).shape == (1,)
+
+
+def test_integer_tensor(m):
+    with pytest.raises(InputError, match="float"):
+        m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="meanpool"):
+        lowps.PerceptualDistance(distance="l3", weights="random")
+    with pytest.raises(ValueError, match="resnet6"):
+        lowps.PerceptualDistance(backbone="resnet7", weights="random")
+
+
+def test_to_tensor_from_pil_numpy_path(tmp_path):
+    arr = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    from_np = to_tensor(arr)
+    from_pil = to_tensor(Image.fromarray(arr))
+    from_path = to_tensor(tmp_path / "a.png")
+    assert from_np.shape == (3, 20, 24)
+    assert torch.equal(from_np, from_pil) and torch.equal(from_np, from_path)
+    assert torch.allclose(to_tensor(arr, (-1.0, 1.0)), from_np * 2 - 1)
+    assert to_tensor(arr[:, :, 0]).shape == (1, 20, 24)
+
+
+def test_to_tensor_errors(tmp_path):
+    with pytest.raises(InputError, match="uint8"):
+        to_tensor(np.zeros((8, 8, 3), dtype=np.float32))
+    with pytest.raises(InputError, match="not found"):
+        to_tensor(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot read"):
+        to_tensor(tmp_path / "bad.png")
+    with pytest.raises(InputError, match="cannot use"):
+        to_tensor(3.5)
+
+
+def test_parse_input_range():
+    assert parse_input_range("-1,1") == (-1.0, 1.0)
+    with pytest.raises(InputError):
+        parse_input_range((1, 0))
+    with pytest.raises(InputError):
+        parse_input_range("0;1")
+
+
+def test_validate_pair_device_and_fixed_size():
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(InputError, match="only takes 224x224"):
+        validate_pair(x, x, R01, fixed_size=(224, 224))

@@ -1,0 +1,174 @@
+"""Properties every head must have, on the real ResNet-6 trunk (random weights: fast, deterministic)."""
+import pytest
+import torch
+
+import lowps
+from conftest import pair
+
+HEADS = ["local", "meanpool", "style", "linear"]
+
+
+def metric(head, **kw):
+    extra = {"head_weights": "ones"} if head == "linear" else {}
+    return lowps.PerceptualDistance(distance=head, weights="random", **extra, **kw)
+
+
+@pytest.fixture(scope="module", params=HEADS)
+def head_metric(request):
+    return request.param, metric(request.param)
+
+
+def test_identity_is_zero(head_metric):
+    _, m = head_metric
+    x, _ = pair(3)
+    assert torch.equal(m(x, x), torch.zeros(3))
+
+
+def test_symmetry_and_nonnegativity(head_metric):
+    _, m = head_metric
+    x, y = pair(3)
+    d = m(x, y)
+    assert d.shape == (3,) and (d > 0).all()
+    assert torch.allclose(d, m(y, x), rtol=1e-5, atol=1e-8)
+
+
+def test_sample_independent_of_batch(head_metric):
+    _, m = head_metric
+    x, y = pair(4)
+    d = m(x, y)
+    for i in range(4):
+        assert torch.allclose(m(x[i:i + 1], y[i:i + 1]), d[i:i + 1], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["equal", "constant", "zeros", "random"])
+def test_finite_gradients(head_metric, kind):
+    _, m = head_metric
+    x, y = pair(2)
+    if kind == "equal":
+        y = x.clone()
+    elif kind == "constant":
+        x, y = torch.full_like(x, 0.5), torch.full_like(y, 0.5)
+    elif kind == "zeros":
+        x, y = torch.zeros_like(x), torch.zeros_like(y)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    m(x, y).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+
+
+def test_float64(head_metric):
+    name, m32 = head_metric
+    x, y = pair(2)
+    m64 = metric(name).double()
+    d64 = m64(x.double(), y.double())
+    assert d64.dtype == torch.float64
+    assert torch.allclose(d64.float(), m32(x, y), rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_autocast(head_metric):
+    _, m = head_metric
+    x, y = pair(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = m(x, y)
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()
+    ref = m(x, y)
+    assert torch.allclose(d, ref, rtol=0.1, atol=1e-4)  # bf16 trunk, fp32 head: ~1e-2 relative
+
+
+def test_deterministic_repeat(head_metric):
+    _, m = head_metric
+    x, y = pair(2)
+    assert torch.equal(m(x, y), m(x, y))
+
+
+def test_per_layer_sums_to_total(head_metric):
+    _, m = head_metric
+    x, y = pair(2)
+    total, per = m(x, y, per_layer=True)
+    assert list(per) == ["stage1", "stage2", "stage3", "stage4"]
+    assert torch.allclose(sum(per.values()), total)
+
+
+def test_layer_selection_by_name_and_index():
+    x, y = pair(2)
+    full, per = metric("meanpool")(x, y, per_layer=True)
+    only3 = metric("meanpool", layers=["stage3"])(x, y)
+    assert torch.allclose(only3, per["stage3"])
+    assert torch.allclose(metric("meanpool", layers=[2])(x, y), only3)
+    with pytest.raises(ValueError, match="stage1, stage2, stage3, stage4"):
+        metric("meanpool", layers=["conv5"])
+
+
+def test_spatial_map_shape_and_mean():
+    x, y = pair(2, size=64)
+    m = metric("local")
+    smap = m.spatial(x, y)
+    assert smap.shape == (2, 1, 64, 64)
+    assert torch.allclose(smap.mean((1, 2, 3)), m(x, y), rtol=0.05)
+    total, per = m.spatial(x, y, per_layer=True)
+    assert torch.allclose(sum(per.values()), total)
+    assert metric("linear").spatial(x[:, :, :48], y[:, :, :48]).shape == (2, 1, 48, 64)
+    with pytest.raises(ValueError, match="no spatial map"):
+        metric("meanpool").spatial(x, y)
+
+
+def test_gradients_make_a_usable_loss():
+    x, y = pair(1)
+    x.requires_grad_(True)
+    m = metric("local")
+    opt = torch.optim.Adam([x], lr=0.02)
+    first = float(m(x, y).detach())
+    for _ in range(20):
+        opt.zero_grad()
+        loss = m(x.clamp(0, 1), y).sum()
+        loss.backward()
+        opt.step()
+    assert float(m(x.clamp(0, 1), y)) < 0.7 * first
+
+
+def test_input_range_minus_one_one_gives_same_distance():
+    x, y = pair(2)
+    a = metric("meanpool")(x, y)
+    b = metric("meanpool", input_range=(-1, 1))(x * 2 - 1, y * 2 - 1)
+    assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_greyscale_is_repeated_to_rgb():
+    x, y = pair(2)
+    m = metric("meanpool")
+    g0, g1 = x[:, :1], y[:, :1]
+    assert torch.allclose(m(g0, g1), m(g0.repeat(1, 3, 1, 1), g1.repeat(1, 3, 1, 1)))
+
+
+def test_unbatched_input():
+    x, y = pair(1)
+    m = metric("meanpool")
+    assert torch.allclose(m(x[0], y[0]), m(x, y))
+
+
+def test_module_is_frozen_and_stays_in_eval():
+    m = metric("meanpool")
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+    m.train()
+    assert not m.backbone.training
+
+
+def test_linear_needs_explicit_head_weights():
+    with pytest.raises(ValueError, match="head_weights"):
+        lowps.PerceptualDistance(distance="linear", weights="random")
+    with pytest.raises(ValueError, match="only applies"):
+        lowps.PerceptualDistance(distance="meanpool", weights="random", head_weights="ones")
+
+
+def test_vit_backbone_any_size_multiple_of_patch():
+    m = lowps.PerceptualDistance(backbone="vit_base_patch8_64", weights="random")
+    x, y = pair(1, size=32)
+    assert m(x, y).shape == (1,)
+    with pytest.raises(lowps.InputError, match="multiples of 8"):
+        m(x[:, :, :30, :30], y[:, :, :30, :30])
+
+
+def test_dtype_mismatch_is_an_error():
+    x, y = pair(1)
+    with pytest.raises(ValueError, match="metric.to"):
+        metric("meanpool")(x.double(), y.double())
