@@ -5,6 +5,7 @@ better?" TMLR 2022. The public surface:
 
 * :class:`PerceptualDistance`: the metric as an ``nn.Module`` (backbone -> feature taps -> head);
 * :func:`distance`: the functional form with a cached module;
+* :class:`LPIPS`: a drop-in for ``lpips.LPIPS`` (same signature and numbers);
 * :mod:`lowps.weights`: the weights registry, downloads and checkpoint loading;
 * :mod:`lowps.backbones` / :mod:`lowps.heads`: the building blocks.
 """
@@ -15,9 +16,10 @@ from .backbones import list_backbones
 from .functional import distance, get_metric
 from .heads import HEADS
 from .inputs import InputError
+from .lpips_compat import LPIPS
 from .metric import PerceptualDistance
 
 __version__ = "0.1.0"
 
-__all__ = ["PerceptualDistance", "distance", "get_metric", "list_backbones", "HEADS", "InputError",
+__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "list_backbones", "HEADS", "InputError",
            "backbones", "heads", "weights", "__version__"]
