@@ -174,9 +174,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def build_score_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowps-score", description="Score a perceptual metric against human "
+                                "judgements (BAPPS 2AFC / JND).")
+    p.add_argument("--dataset", default="bapps", choices=["bapps"])
+    p.add_argument("--root", default=None, help="BAPPS 'dataset' directory (default: the downloaded copy)")
+    p.add_argument("--download", action="store_true", help="download and extract BAPPS into the cache, then exit")
+    p.add_argument("--subset", default="val", choices=["val", "train", "jnd", "all"], help="with --download")
+    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("--categories", nargs="+", default=None, help="default: every category present")
+    p.add_argument("--mode", default="2afc", choices=["2afc", "jnd"])
+    p.add_argument("--metric", default="lowps", help="lowps (default) or a baseline: l2, psnr, ssim, "
+                   "lpips-alex, lpips-vgg, lpips-squeeze")
+    _metric_args(p)
+    p.add_argument("--per-layer", action="store_true", help="also score each layer alone (layer-wise PS)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of the per-category scores")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
 def score_main(argv: Sequence[str] | None = None) -> int:
-    print("lowps-score: not implemented yet", file=sys.stderr)
-    return 2
+    """``lowps-score``: runs unchanged under ``torchrun`` (rank 0 prints and writes)."""
+    import os
+
+    a = build_score_parser().parse_args(argv)
+    try:
+        if a.download:
+            from .data.bapps import download_bapps
+
+            print(download_bapps(a.subset, progress=not a.quiet))
+            return 0
+        import torch.distributed as dist
+
+        from .evaluate import build_scorer, evaluate_bapps, format_table, plot_report
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
+        scorer = build_scorer(a.metric, a.backbone, a.distance, a.weights, a.head_weights, _layers(a.layers),
+                              a.device, per_layer=a.per_layer)
+        report = evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device, a.workers,
+                                progress=not a.quiet)
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return 0
+        print(format_table(report))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(report, f, indent=1)
+        if a.plot:
+            plot_report(report, a.plot)
+        return 0
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        print(f"lowps-score: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
