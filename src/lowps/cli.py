@@ -79,11 +79,20 @@ def _cmd_train_backbone(a: argparse.Namespace) -> int:
     cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                       weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
                       ckpt_every=a.ckpt_every, seed=a.seed, limit_per_class=a.limit_per_class,
-                      device=a.device, threads=a.threads, progress=not a.quiet)
+                      device=a.device, threads=a.threads, progress=not a.quiet, stop_after=a.stop_after)
     if a.ckpt_steps is not None:
         cfg.ckpt_steps = [int(s) for s in a.ckpt_steps.split(",") if s]
     out = train_backbone(cfg, resume=a.resume)
     print(out)
+    return 0
+
+
+def _cmd_train_linear(a: argparse.Namespace) -> int:
+    from .train.linear import train_linear
+
+    print(train_linear(a.backbone, a.bapps_root, a.out, weights=a.weights, split=a.split, categories=a.categories,
+                       epochs=a.epochs, decay_epochs=a.decay_epochs, lr=a.lr, batch_size=a.batch_size,
+                       device=a.device, seed=a.seed, progress=not a.quiet))
     return 0
 
 
@@ -154,8 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--threads", type=int, default=None)
     tb.add_argument("--out", required=True)
     tb.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    tb.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                    help="stop at this step with a checkpoint (continue later with --resume)")
     tb.add_argument("--quiet", action="store_true")
     tb.set_defaults(func=_cmd_train_backbone)
+
+    tl = tsub.add_parser("linear", help="learn an LPIPS-style linear head on BAPPS 2AFC judgements")
+    tl.add_argument("--backbone", default="resnet6")
+    tl.add_argument("--weights", default=None, help="backbone weights (default: the backbone's default)")
+    tl.add_argument("--bapps-root", default=None, help="BAPPS 'dataset' directory (default: the downloaded copy)")
+    tl.add_argument("--split", default="train", choices=["train", "val"])
+    tl.add_argument("--categories", nargs="+", default=None)
+    tl.add_argument("--epochs", type=int, default=5)
+    tl.add_argument("--decay-epochs", type=int, default=5)
+    tl.add_argument("--lr", type=float, default=1e-4)
+    tl.add_argument("--batch-size", type=int, default=50)
+    tl.add_argument("--device", default="cpu")
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--out", required=True, help="output .safetensors (a .json record is written beside it)")
+    tl.add_argument("--quiet", action="store_true")
+    tl.set_defaults(func=_cmd_train_linear)
 
     e = sub.add_parser("eval", help="classification accuracy of a checkpoint on a validation split")
     e.add_argument("--arch", default="resnet6")

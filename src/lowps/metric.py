@@ -61,7 +61,7 @@ class PerceptualDistance(nn.Module):
                                  "name> (train them with `lowps train linear`), or head_weights='ones' for the "
                                  "untrained start, which equals distance='local'")
             if head_weights != "ones":
-                wts.load_head(self.head, head_weights)
+                wts.load_head(self.head, head_weights, arch=self.backbone.arch)
         elif head_weights is not None:
             raise ValueError(f"head_weights only applies to distance='linear', not {distance!r}")
         self.layer_idx = self._select(layers)

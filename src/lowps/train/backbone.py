@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    stop_after: int | None = None  # stop (with a checkpoint) at this step; --resume continues the same run
 
 
 def _dist() -> tuple[int, int]:
@@ -98,7 +100,8 @@ def evaluate(model: nn.Module, data: ClassificationData, device: torch.device, b
         j = idx[i:i + batch]
         x = _normalise(data.images[j].to(device).float())
         y = data.labels[j].to(device)
-        top5 = model(x).topk(5, dim=1).indices
+        logits = model(x)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         counts[0] += (top5[:, 0] == y).sum()
         counts[1] += (top5 == y[:, None]).any(1).sum()
         counts[2] += len(j)
@@ -157,6 +160,8 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     start = 0
+    if resume and not (out / "resume.pt").is_file():
+        print(f"lowps train: nothing to resume in {out} (no resume.pt); starting from step 0", file=sys.stderr)
     if resume and (out / "resume.pt").is_file():
         state = torch.load(out / "resume.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -205,15 +210,18 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr")
         acc = float((logits.argmax(1) == y).float().mean())
-        loss_avg = float(loss) if loss_avg is None else 0.98 * loss_avg + 0.02 * float(loss)
+        lv = float(loss.detach())
+        loss_avg = lv if loss_avg is None else 0.98 * loss_avg + 0.02 * lv
         acc_avg = acc if acc_avg is None else 0.98 * acc_avg + 0.02 * acc
         bar.update(1)
         bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{100 * acc_avg:.1f}", lr=f"{lr:.3g}",
                         ips=f"{(step + 1 - start) * cfg.batch_size / (time.time() - t0):.0f}")
-        if step + 1 in keep:
+        if step + 1 in keep or step + 1 == cfg.stop_after:
             checkpoint(step + 1)
+        if step + 1 == cfg.stop_after:
+            break
     bar.close()
     return out

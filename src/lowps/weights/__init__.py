@@ -257,9 +257,11 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
     return bb
 
 
-def load_head(head: nn.Module, spec: str | os.PathLike[str]) -> None:
+def load_head(head: nn.Module, spec: str | os.PathLike[str], arch: str | None = None) -> None:
     """Load linear-head weights (``lin{l}.weight``; LPIPS's ``lin{l}.model.1.weight`` also accepted)."""
-    state, _, _ = load_state_dict(spec)
+    state, meta, _ = load_state_dict(spec)
+    if arch is not None and meta.get("arch") not in (None, arch):
+        raise WeightsError(f"linear head {os.fspath(spec)!r} was trained on {meta['arch']!r}, not {arch!r}")
     state = {k.replace(".model.1.", ".").replace(".model.0.", "."): v for k, v in state.items()}
     _strict_load(head, state, f"linear head weights {os.fspath(spec)!r}")
     head.check()  # type: ignore[operator]
