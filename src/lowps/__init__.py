@@ -18,8 +18,9 @@ from .heads import HEADS
 from .inputs import InputError
 from .lpips_compat import LPIPS
 from .metric import PerceptualDistance
+from .pairwise import pairwise
 
 __version__ = "0.1.0"
 
-__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "list_backbones", "HEADS", "InputError",
+__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "pairwise", "list_backbones", "HEADS", "InputError",
            "backbones", "heads", "weights", "__version__"]

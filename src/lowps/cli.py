@@ -43,6 +43,88 @@ def _cmd_distance(a: argparse.Namespace) -> int:
     return 0
 
 
+_IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _images_in(d: str) -> list:
+    from pathlib import Path
+
+    p = Path(d)
+    if not p.is_dir():
+        raise ValueError(f"not a directory: {p}")
+    return sorted(f for f in p.iterdir() if f.suffix.lower() in _IMG_EXT)
+
+
+def _write_rows(path: str | None, header: list[str], rows: list[list], as_json: dict | None = None) -> None:
+    import csv
+
+    if path and path.endswith(".json"):
+        with open(path, "w") as f:
+            json.dump(as_json if as_json is not None else [dict(zip(header, r)) for r in rows], f, indent=1)
+        return
+    f = open(path, "w", newline="") if path else sys.stdout
+    try:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    finally:
+        if path:
+            f.close()
+
+
+def _cmd_dirs(a: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .functional import get_metric
+    from .inputs import load_image
+
+    files0 = {f.name: f for f in _images_in(a.dir0)}
+    files1 = {f.name: f for f in _images_in(a.dir1)}
+    common = sorted(set(files0) & set(files1))
+    if not common:
+        raise ValueError(f"no file names in common between {a.dir0} and {a.dir1}")
+    missing = sorted(set(files0) ^ set(files1))
+    if missing:
+        print(f"lowps dirs: {len(missing)} files have no partner and are skipped (e.g. {missing[:3]})", file=sys.stderr)
+    m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device)
+    rows, batch = [], []
+
+    def flush() -> None:
+        with torch.no_grad():
+            d = m(torch.stack([x for _, x, _ in batch]), torch.stack([y for _, _, y in batch]))
+        rows.extend([name, f"{float(v):.6f}"] for (name, _, _), v in zip(batch, d))
+        batch.clear()
+
+    for name in tqdm(common, disable=a.quiet, desc="pairs"):
+        x, y = load_image(files0[name]), load_image(files1[name])
+        if x.shape != y.shape:
+            raise ValueError(f"{name}: {tuple(x.shape[1:])} in {a.dir0} but {tuple(y.shape[1:])} in {a.dir1}")
+        if batch and (x.shape != batch[0][1].shape or len(batch) == a.batch_size):
+            flush()
+        batch.append((name, x.to(a.device), y.to(a.device)))
+    flush()
+    _write_rows(a.out, ["file", "distance"], rows)
+    return 0
+
+
+def _cmd_allpairs(a: argparse.Namespace) -> int:
+    from .functional import get_metric
+    from .pairwise import pairwise
+
+    files = _images_in(a.dir)
+    other = _images_in(a.other) if a.other else None
+    if not files or (other is not None and not other):
+        raise ValueError("no images found")
+    m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device)
+    mat = pairwise(files, other, metric=m, batch_size=a.batch_size, progress=not a.quiet)
+    cols = [f.name for f in (other or files)]
+    rows = [[f.name] + [f"{float(v):.6f}" for v in row] for f, row in zip(files, mat)]
+    _write_rows(a.out, ["file"] + cols, rows,
+                as_json={"rows": [f.name for f in files], "cols": cols, "distances": mat.tolist()})
+    return 0
+
+
 def _cmd_weights(a: argparse.Namespace) -> int:
     from . import weights
 
@@ -124,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     _metric_args(d)
     d.add_argument("--per-layer", action="store_true", help="also print each layer's distance")
     d.set_defaults(func=_cmd_distance)
+
+    dd = sub.add_parser("dirs", help="distances between same-named images in two directories")
+    dd.add_argument("dir0")
+    dd.add_argument("dir1")
+    _metric_args(dd)
+    dd.add_argument("--batch-size", type=int, default=32)
+    dd.add_argument("--device", default="cpu")
+    dd.add_argument("--out", default=None, help="CSV (default: stdout) or .json file")
+    dd.add_argument("--quiet", action="store_true")
+    dd.set_defaults(func=_cmd_dirs)
+
+    ap = sub.add_parser("allpairs", help="N x N (or N x M with --other) distance matrix of a directory's images")
+    ap.add_argument("dir")
+    ap.add_argument("--other", default=None, help="a second directory: rows from DIR, columns from OTHER")
+    _metric_args(ap)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None, help="CSV (default: stdout) or .json file")
+    ap.add_argument("--quiet", action="store_true")
+    ap.set_defaults(func=_cmd_allpairs)
 
     w = sub.add_parser("weights", help="list, download, verify, locate or convert weights")
     wsub = w.add_subparsers(dest="action", required=True)

@@ -59,13 +59,13 @@ class Head(nn.Module):
 
     def forward(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor],
                 idx: Sequence[int]) -> torch.Tensor:
-        with torch.autocast(f0[0].device.type, enabled=False):
+        with torch.autocast(f0[idx[0]].device.type, enabled=False):
             return torch.stack([self.layer(i, _wide(f0[i]), _wide(f1[i])) for i in idx], dim=1)
 
     def maps(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor], idx: Sequence[int],
              size: tuple[int, int]) -> torch.Tensor:
         """Per-layer distance maps upsampled (bilinear) to ``size``: (N, len(idx), H, W)."""
-        with torch.autocast(f0[0].device.type, enabled=False):
+        with torch.autocast(f0[idx[0]].device.type, enabled=False):
             out = [F.interpolate(self.layer_map(i, _wide(f0[i]), _wide(f1[i])), size=size, mode="bilinear",
                                  align_corners=False) for i in idx]
         return torch.cat(out, dim=1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["InputError", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
-           "parse_input_range"]
+           "parse_input_range", "validate_batch"]
 
 ImageLike = Union[torch.Tensor, np.ndarray, "os.PathLike[str]", str, Any]  # Any: PIL.Image.Image
 
@@ -86,19 +86,20 @@ def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> 
 def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input") -> None:
     """Raise if ``x`` holds NaN/inf or values outside ``input_range`` (with a small float slack)."""
     lo, hi = input_range
-    with torch.no_grad():
-        if not bool(torch.isfinite(x).all()):
-            raise InputError(f"{name} contains NaN or inf values")
-        xmin, xmax = (float(v) for v in torch.aminmax(x.detach()))
     slack = 1e-4 * (hi - lo)
-    if xmin < lo - slack or xmax > hi + slack:
-        hint = ""
-        if lo == 0 and xmin < 0 and xmin >= -1 - slack and xmax <= 1 + slack:
-            hint = " It looks like [-1, 1] data: pass input_range=(-1, 1)."
-        elif xmax > hi + slack and xmax <= 255 + slack and xmin >= 0:
-            hint = " It looks like [0, 255] data: divide by 255."
-        raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
-                         f"[{lo:g}, {hi:g}].{hint} Set input_range= to the range your images use.")
+    with torch.no_grad():
+        xmin, xmax = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates into min/max
+    if lo - slack <= xmin and xmax <= hi + slack:
+        return
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise InputError(f"{name} contains NaN or inf values")
+    hint = ""
+    if lo == 0 and xmin < 0 and xmin >= -1 - slack and xmax <= 1 + slack:
+        hint = " It looks like [-1, 1] data: pass input_range=(-1, 1)."
+    elif xmax > hi + slack and xmax <= 255 + slack and xmin >= 0:
+        hint = " It looks like [0, 255] data: divide by 255."
+    raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
+                     f"[{lo:g}, {hi:g}].{hint} Set input_range= to the range your images use.")
 
 
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -117,21 +118,16 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[float, float], *,
-                  min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
-                  check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate an image pair and return both as (N, 3, H, W) batches.
+def validate_batch(img: torch.Tensor, input_range: tuple[float, float], *, name: str = "images",
+                   min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
+                   check_values: bool = True) -> torch.Tensor:
+    """Validate one image batch and return it as (N, 3, H, W).
 
-    Checks: floating dtype, 3 or 4 dims, 1 or 3 channels (1 is repeated to 3), equal shapes, equal
-    devices, size limits of the backbone, finite values inside ``input_range``.
+    Checks: floating dtype, 3 or 4 dims, 1 or 3 channels (1 is repeated to 3), the backbone's size
+    limits, finite values inside ``input_range``.
     """
-    x0, x1 = _as_batch(img0, "img0"), _as_batch(img1, "img1")
-    if x0.shape != x1.shape:
-        raise InputError(f"img0 and img1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}; "
-                         "resize or crop them to one size first")
-    if x0.device != x1.device:
-        raise InputError(f"img0 is on {x0.device} and img1 on {x1.device}; move both to one device")
-    h, w = x0.shape[-2:]
+    x = _as_batch(img, name)
+    h, w = x.shape[-2:]
     if min(h, w) < min_size:
         raise InputError(f"images of {h}x{w} are too small for this backbone: every side must be at least "
                          f"{min_size} px to reach its deepest layer (upsample them, or choose shallower layers=)")
@@ -141,6 +137,19 @@ def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[flo
         raise InputError(f"image sides must be multiples of {multiple_of} (the patch size) for this backbone, "
                          f"got {h}x{w}; crop or resize them")
     if check_values:
-        check_range(x0, input_range, "img0")
-        check_range(x1, input_range, "img1")
-    return x0, x1
+        check_range(x, input_range, name)
+    return x
+
+
+def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[float, float], *,
+                  min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
+                  check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate an image pair (see :func:`validate_batch`); both must also share shape and device."""
+    x0, x1 = _as_batch(img0, "img0"), _as_batch(img1, "img1")
+    if x0.shape != x1.shape:
+        raise InputError(f"img0 and img1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}; "
+                         "resize or crop them to one size first")
+    if x0.device != x1.device:
+        raise InputError(f"img0 is on {x0.device} and img1 on {x1.device}; move both to one device")
+    kw = dict(min_size=min_size, fixed_size=fixed_size, multiple_of=multiple_of, check_values=check_values)
+    return validate_batch(x0, input_range, name="img0", **kw), validate_batch(x1, input_range, name="img1", **kw)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .backbones import Backbone, create_backbone
 from .heads import Head, LinearHead, create_head
-from .inputs import ImageLike, parse_input_range, to_tensor, validate_pair
+from .inputs import ImageLike, parse_input_range, to_tensor, validate_batch, validate_pair
 
 __all__ = ["PerceptualDistance", "WeightsSpec"]
 
@@ -77,6 +77,12 @@ class PerceptualDistance(nn.Module):
         self.register_buffer("_shift", -(lo / (hi - lo) + mean) / std, persistent=False)
         self.requires_grad_(False)
         self.eval()
+        # Fast paths that keep results within float rounding (<1e-6 relative): BatchNorm folded into
+        # the convs (the metric never trains its trunk) and channels_last convolutions.
+        if hasattr(self.backbone.model, "fuse_bn"):
+            self.backbone.model.fuse_bn()
+        if self.backbone.kind != "cls":
+            self.backbone.to(memory_format=torch.channels_last)
 
     def _select(self, layers: Sequence[str | int] | None) -> list[int]:
         names = self.backbone.layer_names
@@ -118,7 +124,10 @@ class PerceptualDistance(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features of a batch in ``input_range`` (all layers, not only the selected ones)."""
-        return self.backbone(x * self._scale + self._shift)
+        x = x * self._scale + self._shift
+        if self.backbone.kind != "cls":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
 
     def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         # One forward for both images: one kernel launch sequence, better batching on CPU and GPU.
@@ -154,6 +163,31 @@ class PerceptualDistance(nn.Module):
         if per_layer:
             return total, {name: maps[:, k:k + 1] for k, name in enumerate(self.layer_names)}
         return total
+
+    def embed(self, img: ImageLike) -> list[torch.Tensor | None]:
+        """Features of the selected layers for one image batch, reusable with :meth:`distance_features`.
+
+        For a fixed reference compared with many images, embed it once. Unselected layers are
+        ``None``; with the ``meanpool`` head only the spatial means are kept (all that head reads).
+        """
+        x = to_tensor(img, self.input_range)
+        bb = self.backbone
+        x = validate_batch(x, self.input_range, min_size=self.min_size, fixed_size=bb.fixed_size,
+                           multiple_of=bb.multiple_of, check_values=self.check_inputs)
+        if x.device != self._scale.device or x.dtype != self._scale.dtype:
+            x = self._prepare(x, x)[0]
+        feats = self.features(x)
+        keep = set(self.layer_idx)
+        pool = self.head.name == "meanpool"
+        return [(f.mean((2, 3), keepdim=True) if pool else f) if i in keep else None for i, f in enumerate(feats)]
+
+    def distance_features(self, f0: list[torch.Tensor | None], f1: list[torch.Tensor | None]) -> torch.Tensor:
+        """Distances (N,) between embedded batches (:meth:`embed`); a batch of 1 broadcasts."""
+        n = max(f0[self.layer_idx[0]].shape[0], f1[self.layer_idx[0]].shape[0])  # type: ignore[union-attr]
+
+        def grow(f: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            return [t.expand(n, *t.shape[1:]) if t is not None and t.shape[0] != n else t for t in f]
+        return self.head(grow(f0), grow(f1), self.layer_idx).sum(1)
 
     def train(self, mode: bool = True) -> "PerceptualDistance":
         # BatchNorm stays in eval mode: a metric must not depend on the batch it is called with.

@@ -31,10 +31,13 @@ def test_manifest_entries_are_complete():
 
 def test_load_from_path_is_strict_and_exact(tmp_path):
     p, sha, bb = _resnet6_file(tmp_path)
+    loaded = weights.build_backbone("resnet6", p)
+    assert loaded.weights_sha256 == sha
+    sd = bb.model.state_dict()
+    assert loaded.model.state_dict().keys() == sd.keys()
+    assert all(torch.equal(v, sd[k]) for k, v in loaded.model.state_dict().items())
     m = lowps.PerceptualDistance(weights=p)
     assert m.backbone.weights_sha256 == sha
-    sd = bb.model.state_dict()
-    assert all(torch.equal(v, sd[k]) for k, v in m.backbone.model.state_dict().items())
     # different weights give a different metric than random init
     x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     assert not torch.allclose(m(x, y), lowps.PerceptualDistance(weights="random")(x, y))
@@ -66,8 +69,8 @@ def test_arch_mismatch(tmp_path):
 def test_pth_loaded_with_weights_only(tmp_path):
     bb = create_backbone("resnet6", seed=3)
     torch.save(bb.model.state_dict(), tmp_path / "w.pth")
-    m = lowps.PerceptualDistance(weights=tmp_path / "w.pth")
-    assert torch.equal(m.backbone.model.conv1.weight, bb.model.conv1.weight)
+    m = weights.build_backbone("resnet6", tmp_path / "w.pth")
+    assert torch.equal(m.model.conv1.weight, bb.model.conv1.weight)
 
     class Evil:
         def __reduce__(self):
@@ -107,9 +110,9 @@ def test_registry_download_verify_path(remote_entry):
     path = weights.download("test-remote", progress=False)
     assert path == weights.cache_dir() / "weights" / "remote.safetensors"
     assert weights.verify("test-remote") == entry.sha256
-    m = lowps.PerceptualDistance(weights="test-remote")
-    assert m.backbone.weights_name == "test-remote"
-    assert torch.equal(m.backbone.model.conv1.weight, bb.model.conv1.weight)
+    m = weights.build_backbone("resnet6", "test-remote")
+    assert m.weights_name == "test-remote"
+    assert torch.equal(m.model.conv1.weight, bb.model.conv1.weight)
     path.write_bytes(path.read_bytes()[:-1] + b"\0")  # corrupt the cached file
     with pytest.raises(weights.ChecksumError):
         weights.verify("test-remote")

@@ -14,7 +14,6 @@ the feature contract :mod:`lowps.backbones` builds on.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -30,15 +29,15 @@ _BN_EPS = 1e-5
 
 
 def tf_same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
-    """Max-pool with TensorFlow "SAME" padding (extra padding goes after, padded cells never win)."""
-    pads = []
-    for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
-        out = math.ceil(size / stride)
-        total = max((out - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
-    if any(pads):
-        x = F.pad(x, pads, value=float("-inf"))
-    return F.max_pool2d(x, kernel, stride)
+    """Max-pool 3x3/2 with TensorFlow "SAME" padding: extra padding goes after, padded cells never win.
+
+    TF pads ``total = max((ceil(n/2) - 1) * 2 + 3 - n, 0)`` cells, ``total // 2`` before. For even
+    ``n`` that is 0 before / 1 after, which PyTorch's ``ceil_mode`` gives with no padding; for odd
+    ``n`` it is 1 / 1, PyTorch's symmetric ``padding=1``. Both ignore padded cells, as TF does.
+    """
+    if kernel != 3 or stride != 2:
+        raise ValueError("tf_same_max_pool implements the stem's 3x3 stride-2 pool only")
+    return F.max_pool2d(x, 3, 2, padding=(x.shape[-2] % 2, x.shape[-1] % 2), ceil_mode=True)
 
 
 def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
@@ -68,7 +67,8 @@ class SingleConvBlock(nn.Module):
         self.shortcut = _Projection(cin, cout, stride) if project else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn1(self.conv1(x)) + self.shortcut(x))
+        y = self.bn1(self.conv1(x))
+        return y.add_(self.shortcut(x)).relu_()  # in place: neither op's backward needs this buffer
 
 
 class BasicBlock(nn.Module):
@@ -80,7 +80,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+        return self.bn2(self.conv2(y)).add_(self.shortcut(x)).relu_()
 
 
 class Bottleneck(nn.Module):
@@ -97,7 +97,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
         y = F.relu(self.bn2(self.conv2(y)))
-        return F.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+        return self.bn3(self.conv3(y)).add_(self.shortcut(x)).relu_()
 
 
 _BLOCKS = {"single": (SingleConvBlock, 1), "basic": (BasicBlock, 1), "bottleneck": (Bottleneck, 4)}
@@ -141,9 +141,39 @@ class TPUResNet(nn.Module):
             nn.init.normal_(self.fc.weight, std=0.01)
             nn.init.zeros_(self.fc.bias)
 
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """Names of every (conv, BN) pair, in the order the TPU code creates them."""
+        pairs = [("conv1", "bn1")]
+        for i, stage in enumerate(self.stages):
+            for j, block in enumerate(stage):
+                p = f"stages.{i}.{j}."
+                if not isinstance(block.shortcut, nn.Identity):
+                    pairs.append((p + "shortcut.0", p + "shortcut.1"))
+                n = {SingleConvBlock: 1, BasicBlock: 2, Bottleneck: 3}[type(block)]
+                pairs += [(p + f"conv{k}", p + f"bn{k}") for k in range(1, n + 1)]
+        return pairs
+
+    @torch.no_grad()
+    def fuse_bn(self) -> "TPUResNet":
+        """Fold every eval-mode BatchNorm into its conv (exact up to float rounding); in place."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.training:
+            raise RuntimeError("fuse_bn() needs eval mode: BatchNorm statistics must be frozen")
+        for conv_name, bn_name in self.conv_bn_pairs():
+            conv, bn = self.get_submodule(conv_name), self.get_submodule(bn_name)
+            if isinstance(bn, nn.Identity):
+                continue  # already fused
+            parent, _, leaf = conv_name.rpartition(".")
+            setattr(self.get_submodule(parent) if parent else self, leaf, fuse_conv_bn_eval(conv, bn))
+            parent, _, leaf = bn_name.rpartition(".")
+            setattr(self.get_submodule(parent) if parent else self, leaf, nn.Identity())
+        return self
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the four reduction stages (after their final ReLU)."""
-        x = tf_same_max_pool(F.relu(self.bn1(self.conv1(x))))
+        # relu(maxpool(.)) == maxpool(relu(.)) exactly (both monotone); pooling first is 4x less ReLU work.
+        x = tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
         feats = []
         for stage in self.stages:
             x = stage(x)

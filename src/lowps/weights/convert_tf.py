@@ -21,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from ..backbones.resnet_tpu import BasicBlock, Bottleneck, SingleConvBlock, TPUResNet
+from ..backbones.resnet_tpu import TPUResNet
 from . import WeightsError, _strict_load, save_checkpoint
 
 __all__ = ["convert_tf_checkpoint", "tf_creation_order", "state_dict_from_tf_arrays"]
@@ -32,19 +32,8 @@ _LAYER_RE = re.compile(r"^(?:(?P<scope>.*)/)?(?P<kind>conv2d|batch_normalization
 
 
 def tf_creation_order(model: TPUResNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, bn) pairs of ``model`` in the order the TPU code creates its variables."""
-    pairs = [(model.conv1, model.bn1)]
-    for stage in model.stages:
-        for block in stage:
-            if not isinstance(block.shortcut, nn.Identity):
-                pairs.append((block.shortcut[0], block.shortcut[1]))
-            if isinstance(block, SingleConvBlock):
-                pairs.append((block.conv1, block.bn1))
-            elif isinstance(block, BasicBlock):
-                pairs += [(block.conv1, block.bn1), (block.conv2, block.bn2)]
-            elif isinstance(block, Bottleneck):
-                pairs += [(block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3)]
-    return pairs
+    """(conv, bn) modules of ``model`` in the order the TPU code creates its variables."""
+    return [(model.get_submodule(c), model.get_submodule(b)) for c, b in model.conv_bn_pairs()]
 
 
 def state_dict_from_tf_arrays(model: TPUResNet, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
