@@ -178,6 +178,26 @@ def _cmd_train_linear(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sanity(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data.imagenet import load_split
+    from .metric import PerceptualDistance
+    from .sanity import format_sanity, sanity_table
+
+    val = load_split(a.data, "val")
+    pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(a.seed))[:a.n]
+    metrics = {w: PerceptualDistance(a.backbone, a.distance, weights=None if w == "default" else w)
+               for w in a.weights}
+    table = sanity_table(metrics, val.images[pick], seed=a.seed)
+    print(format_sanity(table))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"data": a.data, "n": len(pick), "seed": a.seed, "backbone": a.backbone,
+                       "distance": a.distance, "table": table}, f, indent=1)
+    return 0
+
+
 def _cmd_eval_backbone(a: argparse.Namespace) -> int:
     import torch
 
@@ -285,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--out", required=True, help="output .safetensors (a .json record is written beside it)")
     tl.add_argument("--quiet", action="store_true")
     tl.set_defaults(func=_cmd_train_linear)
+
+    sn = sub.add_parser("sanity", help="Spearman(severity, distance) for five distortions on natural patches")
+    sn.add_argument("--data", required=True, help="a data spec with a val split, e.g. tiny-imagenet:DIR")
+    sn.add_argument("--backbone", default="resnet6")
+    sn.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style"])
+    sn.add_argument("--weights", nargs="+", default=["default", "random"],
+                    help="weights to compare ('default' = the backbone's default)")
+    sn.add_argument("--n", type=int, default=500)
+    sn.add_argument("--seed", type=int, default=0)
+    sn.add_argument("--json", default=None)
+    sn.set_defaults(func=_cmd_sanity)
 
     e = sub.add_parser("eval", help="classification accuracy of a checkpoint on a validation split")
     e.add_argument("--arch", default="resnet6")

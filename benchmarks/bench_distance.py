@@ -1,0 +1,152 @@
+"""Pairs/s and peak memory of lowps against LPIPS, measured in one process run.
+
+    python benchmarks/bench_distance.py [--device cpu|cuda] [--sizes 64 256 512 96x160]
+        [--batches 1 32 256] [--bf16] [--json FILE] [--quick]
+
+LPIPS runs from the `lpips` package with random trunks (speed only: weights do not change the
+work). lowps runs its default backbone with every head as users get it (``PerceptualDistance``:
+BatchNorm folded, channels_last, both images in one forward) under ``torch.inference_mode``.
+Ratios are pairs/s against LPIPS-alex at the same size and batch. Peak memory: on CUDA the
+allocator's peak; on CPU the peak resident-set growth of a child process that runs only that one
+configuration (so one measurement cannot hide inside another's peak).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def make(name: str, device: str):
+    warnings.filterwarnings("ignore")
+    if name.startswith("lpips-"):
+        import lpips
+
+        net = lpips.LPIPS(net=name.split("-")[1], pnet_rand=True, verbose=False).to(device).eval()
+        return lambda a, b: net(a, b, normalize=True)
+    import lowps
+
+    head = name.split(":")[1]
+    extra = {"head_weights": "ones"} if head == "linear" else {}
+    weights = os.environ.get("LOWPS_BENCH_WEIGHTS") or None
+    return lowps.PerceptualDistance(distance=head, weights=weights, **extra).to(device)
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    h, _, w = s.partition("x")
+    return int(h), int(w or h)
+
+
+def time_one(name: str, device: str, batch: int, size: tuple[int, int], bf16: bool, min_time: float) -> float:
+    fn = make(name, device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, *size, generator=g).to(device)
+    y = torch.rand(batch, 3, *size, generator=g).to(device)
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+
+    def run() -> None:
+        with torch.inference_mode(), ctx:
+            fn(x, y)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    run()
+    run()  # warm-up: allocator, oneDNN/cuDNN kernel choice
+    n, start = 0, time.perf_counter()
+    while True:
+        run()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time and n >= 3:
+            return n * batch / elapsed
+
+
+def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], bf16: bool) -> float:
+    """Peak memory (MiB) of one forward: CUDA allocator peak, or a child process's RSS growth on CPU."""
+    if device.startswith("cuda"):
+        fn = make(name, device)
+        x = torch.rand(batch, 3, *size, device=device)
+        y = torch.rand(batch, 3, *size, device=device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            fn(x, y)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    code = (
+        "import sys, torch; sys.path.insert(0, %r); import bench_distance as b;"
+        "fn = b.make(%r, 'cpu'); x = torch.rand(%d, 3, %d, %d); y = torch.rand_like(x);"
+        "ctx = torch.autocast('cpu', dtype=torch.bfloat16, enabled=%r)\n"
+        "with torch.inference_mode(), ctx: fn(x[:1], y[:1])\n"  # load kernels before the baseline
+        "rss = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset the peak-RSS mark (Linux)
+        "base = rss('VmRSS:')\n"
+        "with torch.inference_mode(), ctx: fn(x, y)\n"
+        "print((rss('VmHWM:') - base) / 1024)"
+    ) % (HERE, name, batch, size[0], size[1], bf16)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", nargs="+", default=["64", "256", "512", "96x160"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32, 256])
+    p.add_argument("--metrics", nargs="+", default=["lpips-alex", "lpips-vgg", "lpips-squeeze", "lowps:meanpool",
+                                                     "lowps:local", "lowps:style", "lowps:linear"])
+    p.add_argument("--bf16", action="store_true", help="run lowps under bf16 autocast (LPIPS stays fp32)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per configuration")
+    p.add_argument("--max-pixels", type=float, default=256 * 256 * 256,
+                   help="skip configurations whose batch x H x W exceeds this (vgg at 512 px is minutes on CPU)")
+    p.add_argument("--memory", action="store_true", help="also measure peak memory")
+    p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="64 and 256 px, batch 32, alex + default metric only")
+    a = p.parse_args()
+    if a.quick:
+        a.sizes, a.batches, a.metrics = ["64", "256"], [32], ["lpips-alex", "lowps:meanpool"]
+    threads = torch.get_num_threads()
+    rows = []
+    print(f"# {platform.processor() or platform.machine()}, {threads} threads, torch {torch.__version__}, "
+          f"device {a.device}{' (lowps bf16)' if a.bf16 else ''}, {datetime.date.today()}")
+    print(f"{'metric':<16}{'size':>9}{'batch':>7}{'pairs/s':>11}{'x alex':>8}" + (f"{'peak MiB':>10}" if a.memory else ""))
+    for size_s in a.sizes:
+        size = parse_size(size_s)
+        for batch in a.batches:
+            if batch * size[0] * size[1] > a.max_pixels:
+                continue
+            alex = None
+            for name in a.metrics:
+                if name == "lpips-vgg" and a.device == "cpu" and batch * size[0] * size[1] > 32 * 256 * 256:
+                    continue
+                bf16 = a.bf16 and name.startswith("lowps")
+                rate = time_one(name, a.device, batch, size, bf16, a.min_time)
+                if name == "lpips-alex":
+                    alex = rate
+                mem = peak_memory(name, a.device, batch, size, bf16) if a.memory else None
+                row = {"metric": name, "size": f"{size[0]}x{size[1]}", "batch": batch, "pairs_per_s": rate,
+                       "ratio_to_alex": rate / alex if alex else None, "peak_mib": mem, "bf16": bf16}
+                rows.append(row)
+                ratio = f"{row['ratio_to_alex']:.2f}" if alex else "-"
+                print(f"{name:<16}{row['size']:>9}{batch:>7}{rate:>11.1f}{ratio:>8}"
+                      + (f"{mem:>10.1f}" if mem is not None else ""), flush=True)
+    if a.json:
+        meta = {"device": a.device, "threads": threads, "torch": torch.__version__, "date": str(datetime.date.today()),
+                "cpu": platform.processor() or platform.machine(),
+                "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None}
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

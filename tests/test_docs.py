@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_reference_is_generated_from_the_parsers():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_cli_docs.py"), "--check"], capture_output=True)
+    assert r.returncode == 0, "docs/cli.md is stale: run python tools/gen_cli_docs.py"
+
+
+def test_docs_build_without_warnings(tmp_path):
+    pytest.importorskip("mkdocs", reason="docs extra not installed: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "WARNING" not in r.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    assert "PerceptualDistance" in api and "Kumar et al. 2022" in api
+
+
+def test_readme_commands_are_the_ci_commands():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = next(line.strip() for line in readme[:20] if "pytest" in line)
+    assert test_cmd in ci, f"README's test command {test_cmd!r} is not what .ci/run runs"
