@@ -98,7 +98,7 @@ def test_use_dropout_false_still_loads_lins_strictly():
 def test_model_path_loading_is_strict(tmp_path):
     theirs_file = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
     m = lowps.LPIPS(net="alex", pnet_rand=True, model_path=str(theirs_file), verbose=False)
-    assert float(m.lins[0].conv.weight.sum()) > 0
+    assert float(m.lins[0].conv.weight.detach().sum()) > 0
     torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="missing"):
         lowps.LPIPS(net="alex", pnet_rand=True, model_path=str(tmp_path / "partial.pth"), verbose=False)
