@@ -22,6 +22,15 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
 
 
+def _batch_args(p: argparse.ArgumentParser, batch: int) -> None:
+    """Options shared by the commands that run the metric over many files."""
+    _metric_args(p)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="CSV (default: stdout) or .json file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _layers(s: str | None) -> list[str | int] | None:
     if not s:
         return None
@@ -230,21 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     dd = sub.add_parser("dirs", help="distances between same-named images in two directories")
     dd.add_argument("dir0")
     dd.add_argument("dir1")
-    _metric_args(dd)
-    dd.add_argument("--batch-size", type=int, default=32)
-    dd.add_argument("--device", default="cpu")
-    dd.add_argument("--out", default=None, help="CSV (default: stdout) or .json file")
-    dd.add_argument("--quiet", action="store_true")
+    _batch_args(dd, 32)
     dd.set_defaults(func=_cmd_dirs)
 
     ap = sub.add_parser("allpairs", help="N x N (or N x M with --other) distance matrix of a directory's images")
     ap.add_argument("dir")
     ap.add_argument("--other", default=None, help="a second directory: rows from DIR, columns from OTHER")
-    _metric_args(ap)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=None, help="CSV (default: stdout) or .json file")
-    ap.add_argument("--quiet", action="store_true")
+    _batch_args(ap, 64)
     ap.set_defaults(func=_cmd_allpairs)
 
     w = sub.add_parser("weights", help="list, download, verify, locate or convert weights")

@@ -81,8 +81,8 @@ def distort_batch(x: torch.Tensor, kind: str, severity: float, seed: int = 0) ->
 def _spearman_rows(sev: np.ndarray, d: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
-    vals = [spearmanr(sev, row).statistic for row in d]
-    vals = [v for v in vals if np.isfinite(v)]
+    # a constant row has no rank order: it counts as undefined, not as agreement
+    vals = [spearmanr(sev, row).statistic for row in d if np.ptp(row) > 0]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -101,7 +101,7 @@ def sanity_table(metrics: dict[str, "torch.nn.Module"], patches: torch.Tensor, b
                                      for i in range(0, len(a), batch_size)]).double().numpy()
                           for a, b in pairs], axis=1)  # (N, 5)
             rank = np.arange(len(severities), dtype=float)  # severities are listed mild -> severe
-            pooled = spearmanr(np.tile(rank, len(d)), d.reshape(-1)).statistic
+            pooled = spearmanr(np.tile(rank, len(d)), d.reshape(-1)).statistic if np.ptp(d) > 0 else float("nan")
             out[name][kind] = {"within": _spearman_rows(rank, d), "pooled": float(pooled)}
     return out
 
