@@ -379,8 +379,12 @@ def score_main(argv: Sequence[str] | None = None) -> int:
                               a.device, per_layer=a.per_layer)
         report = evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device, a.workers,
                                 progress=not a.quiet)
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-            return 0
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank()
+            dist.barrier()
+            dist.destroy_process_group()  # gloo aborts at interpreter exit if the group is left open
+            if rank != 0:
+                return 0
         print(format_table(report))
         if a.json:
             with open(a.json, "w") as f:

@@ -131,9 +131,11 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict]:
 
 def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train per ``cfg``; returns the output directory. See the module docstring."""
+    own_group = False
     if dist.is_available() and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 \
             and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        own_group = True
     rank, world = _dist()
     if cfg.device == "auto":
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
@@ -224,4 +226,7 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
         if step + 1 == cfg.stop_after:
             break
     bar.close()
+    if own_group:  # a clean shutdown: gloo aborts at interpreter exit if the group is left open
+        dist.barrier()
+        dist.destroy_process_group()
     return out

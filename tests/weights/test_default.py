@@ -1,0 +1,49 @@
+"""The shipped default: loads offline, matches the model card, reproduces its accuracy."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lowps
+from lowps.data.imagenet import load_split
+from lowps.train.backbone import evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_loads_offline_and_matches_model_card():
+    code = ("import lowps; m = lowps.PerceptualDistance(); "
+            "print(m.backbone.weights_name, m.backbone.weights_sha256)")
+    env = dict(os.environ, LOWPS_OFFLINE="1", HF_HUB_OFFLINE="1", LOWPS_HOME="/nonexistent/lowps")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    name, sha = out.stdout.split()
+    assert name == lowps.weights.default_for("resnet6").name
+    card = (ROOT / "docs" / "models.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("|") and f"`{name}`" in line)
+    assert re.search(r"`([0-9a-f]{64})`", row).group(1) == sha
+
+
+def test_default_is_trained_not_random():
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    assert not torch.allclose(lowps.distance(x, y), lowps.distance(x, y, weights="random"))
+
+
+def test_default_classifier_reproduces_card_top1(tiny_imagenet):
+    entry = lowps.weights.default_for("resnet6")
+    bb = lowps.weights.build_backbone("resnet6", None)
+    res = evaluate(bb.model.to(memory_format=torch.channels_last), load_split(f"tiny-imagenet:{tiny_imagenet}", "val"),
+                   torch.device("cpu"))
+    assert abs(res["top1"] - entry.metrics["top1"]) <= 0.5
+
+
+def test_readme_main_command_works():
+    r = subprocess.run([str(Path(sys.executable).parent / "lowps"), "distance", "examples/images/ref.png",
+                        "examples/images/blur.png"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, LOWPS_OFFLINE="1"))
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) > 0
