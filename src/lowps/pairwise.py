@@ -14,7 +14,7 @@ from .metric import PerceptualDistance
 __all__ = ["pairwise", "embed_all"]
 
 
-def _as_images(imgs: torch.Tensor | Sequence[ImageLike], input_range: tuple[float, float]) -> torch.Tensor | list:
+def _as_images(imgs: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor | list:
     if isinstance(imgs, torch.Tensor):
         return imgs if imgs.ndim == 4 else imgs.unsqueeze(0)
     return list(imgs)
@@ -24,7 +24,7 @@ def _as_images(imgs: torch.Tensor | Sequence[ImageLike], input_range: tuple[floa
 def embed_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int = 64,
               progress: bool = False, desc: str = "features") -> list[torch.Tensor | None]:
     """Embed a tensor batch or a list of images (paths, PIL, arrays) in chunks of ``batch_size``."""
-    imgs = _as_images(imgs, metric.input_range)
+    imgs = _as_images(imgs)
     n = len(imgs)
     if n == 0:
         raise InputError("no images given")
