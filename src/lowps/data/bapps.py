@@ -109,48 +109,44 @@ def _load(p: Path, size: int) -> torch.Tensor:
     return x.clamp_(0, 1)
 
 
-class TwoAFCSet(Dataset):
+class _BappsSet(Dataset):
+    """One category of one BAPPS mode: image lists per folder plus one value per item."""
+
+    mode: str = ""
+    image_dirs: tuple[str, ...] = ()
+    value_dir: str = ""
+
+    def __init__(self, root: str | os.PathLike[str] | None, category: str, split: str = "val",
+                 load_size: int = 64) -> None:
+        self.root = find_root(root)
+        self.category, self.split, self.load_size = category, split, load_size
+        base = self.root / self.mode / split / category
+        if not base.is_dir():
+            raise BappsLayoutError(f"{base} is missing; categories here: "
+                                   f"{', '.join(list_categories(self.root, self.mode, split))}")
+        images, values = _paired(base, list(self.image_dirs), self.value_dir)
+        for name, files in zip(self.image_dirs, images):
+            setattr(self, name, files)
+        setattr(self, self.value_dir, torch.tensor([_read_scalar(p) for p in values], dtype=torch.float64))
+
+    def __len__(self) -> int:
+        return len(getattr(self, self.image_dirs[0]))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        imgs = tuple(_load(getattr(self, d)[i], self.load_size) for d in self.image_dirs)
+        return imgs + (getattr(self, self.value_dir)[i],)
+
+
+class TwoAFCSet(_BappsSet):
     """One 2AFC category: items ``(ref, p0, p1, judge)`` with images in [0, 1], (3, 64, 64)."""
 
-    def __init__(self, root: str | os.PathLike[str] | None, category: str, split: str = "val",
-                 load_size: int = 64) -> None:
-        self.root = find_root(root)
-        self.category, self.split, self.load_size = category, split, load_size
-        base = self.root / "2afc" / split / category
-        if not base.is_dir():
-            raise BappsLayoutError(f"{base} is missing; categories here: "
-                                   f"{', '.join(list_categories(self.root, '2afc', split))}")
-        (self.ref, self.p0, self.p1), judges = _paired(base, ["ref", "p0", "p1"], "judge")
-        self.judge = torch.tensor([_read_scalar(p) for p in judges], dtype=torch.float64)
-
-    def __len__(self) -> int:
-        return len(self.ref)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.load_size
-        return _load(self.ref[i], s), _load(self.p0[i], s), _load(self.p1[i], s), self.judge[i]
+    mode, image_dirs, value_dir = "2afc", ("ref", "p0", "p1"), "judge"
 
 
-class JNDSet(Dataset):
+class JNDSet(_BappsSet):
     """One JND category: items ``(p0, p1, same)``."""
 
-    def __init__(self, root: str | os.PathLike[str] | None, category: str, split: str = "val",
-                 load_size: int = 64) -> None:
-        self.root = find_root(root)
-        self.category, self.split, self.load_size = category, split, load_size
-        base = self.root / "jnd" / split / category
-        if not base.is_dir():
-            raise BappsLayoutError(f"{base} is missing; categories here: "
-                                   f"{', '.join(list_categories(self.root, 'jnd', split))}")
-        (self.p0, self.p1), sames = _paired(base, ["p0", "p1"], "same")
-        self.same = torch.tensor([_read_scalar(p) for p in sames], dtype=torch.float64)
-
-    def __len__(self) -> int:
-        return len(self.p0)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.load_size
-        return _load(self.p0[i], s), _load(self.p1[i], s), self.same[i]
+    mode, image_dirs, value_dir = "jnd", ("p0", "p1"), "same"
 
 
 def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
