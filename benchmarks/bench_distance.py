@@ -1,11 +1,13 @@
 """Pairs/s and peak memory of lowps against LPIPS, measured in one process run.
 
     python benchmarks/bench_distance.py [--device cpu|cuda] [--sizes 64 256 512 96x160]
-        [--batches 1 32 256] [--bf16] [--json FILE] [--quick]
+        [--batches 1 32 256] [--metrics lpips-alex lowps:meanpool lowps:meanpool:bf16 ...]
+        [--memory] [--json FILE] [--quick]
 
 LPIPS runs from the `lpips` package with random trunks (speed only: weights do not change the
 work). lowps runs its default backbone with every head as users get it (``PerceptualDistance``:
-BatchNorm folded, channels_last, both images in one forward) under ``torch.inference_mode``.
+BatchNorm folded, channels_last, both images in one forward, pixel-bounded chunks) under
+``torch.inference_mode``; ``lowps:HEAD:bf16`` is ``PerceptualDistance(precision="bf16")``.
 Ratios are pairs/s against LPIPS-alex at the same size and batch. Peak memory: on CUDA the
 allocator's peak; on CPU the peak resident-set growth of a child process that runs only that one
 configuration (so one measurement cannot hide inside another's peak).
@@ -36,10 +38,11 @@ def make(name: str, device: str):
         return lambda a, b: net(a, b, normalize=True)
     import lowps
 
-    head = name.split(":")[1]
+    _, head, *prec = name.split(":")
     extra = {"head_weights": "ones"} if head == "linear" else {}
     weights = os.environ.get("LOWPS_BENCH_WEIGHTS") or None
-    return lowps.PerceptualDistance(distance=head, weights=weights, **extra).to(device)
+    return lowps.PerceptualDistance(distance=head, weights=weights, precision=prec[0] if prec else "fp32",
+                                    **extra).to(device)
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -47,15 +50,14 @@ def parse_size(s: str) -> tuple[int, int]:
     return int(h), int(w or h)
 
 
-def time_one(name: str, device: str, batch: int, size: tuple[int, int], bf16: bool, min_time: float) -> float:
+def time_one(name: str, device: str, batch: int, size: tuple[int, int], min_time: float) -> float:
     fn = make(name, device)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *size, generator=g).to(device)
     y = torch.rand(batch, 3, *size, generator=g).to(device)
-    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
 
     def run() -> None:
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode():
             fn(x, y)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -70,7 +72,7 @@ def time_one(name: str, device: str, batch: int, size: tuple[int, int], bf16: bo
             return n * batch / elapsed
 
 
-def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], bf16: bool) -> float:
+def peak_memory(name: str, device: str, batch: int, size: tuple[int, int]) -> float:
     """Peak memory (MiB) of one forward: CUDA allocator peak, or a child process's RSS growth on CPU."""
     if device.startswith("cuda"):
         fn = make(name, device)
@@ -79,21 +81,20 @@ def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], bf16:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode():
             fn(x, y)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     code = (
         "import sys, torch; sys.path.insert(0, %r); import bench_distance as b;"
         "fn = b.make(%r, 'cpu'); x = torch.rand(%d, 3, %d, %d); y = torch.rand_like(x);"
-        "ctx = torch.autocast('cpu', dtype=torch.bfloat16, enabled=%r)\n"
-        "with torch.inference_mode(), ctx: fn(x[:1], y[:1])\n"  # load kernels before the baseline
+        "with torch.inference_mode(): fn(x[:1], y[:1])\n"  # load kernels before the baseline
         "rss = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset the peak-RSS mark (Linux)
         "base = rss('VmRSS:')\n"
-        "with torch.inference_mode(), ctx: fn(x, y)\n"
+        "with torch.inference_mode(): fn(x, y)\n"
         "print((rss('VmHWM:') - base) / 1024)"
-    ) % (HERE, name, batch, size[0], size[1], bf16)
+    ) % (HERE, name, batch, size[0], size[1])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -104,22 +105,24 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["64", "256", "512", "96x160"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32, 256])
     p.add_argument("--metrics", nargs="+", default=["lpips-alex", "lpips-vgg", "lpips-squeeze", "lowps:meanpool",
-                                                     "lowps:local", "lowps:style", "lowps:linear"])
-    p.add_argument("--bf16", action="store_true", help="run lowps under bf16 autocast (LPIPS stays fp32)")
+                                                     "lowps:local", "lowps:style", "lowps:linear",
+                                                     "lowps:meanpool:bf16"],
+                   help="lpips-NET, or lowps:HEAD[:PRECISION] (PRECISION fp32 (default), bf16 or fp16)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per configuration")
     p.add_argument("--max-pixels", type=float, default=256 * 256 * 256,
                    help="skip configurations whose batch x H x W exceeds this (vgg at 512 px is minutes on CPU)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory")
     p.add_argument("--json", default=None)
-    p.add_argument("--quick", action="store_true", help="64 and 256 px, batch 32, alex + default metric only")
+    p.add_argument("--quick", action="store_true",
+                   help="64 and 256 px, batch 32: lpips-alex, the default metric, and it in bf16")
     a = p.parse_args()
     if a.quick:
-        a.sizes, a.batches, a.metrics = ["64", "256"], [32], ["lpips-alex", "lowps:meanpool"]
+        a.sizes, a.batches, a.metrics = ["64", "256"], [32], ["lpips-alex", "lowps:meanpool", "lowps:meanpool:bf16"]
     threads = torch.get_num_threads()
     rows = []
     print(f"# {platform.processor() or platform.machine()}, {threads} threads, torch {torch.__version__}, "
-          f"device {a.device}{' (lowps bf16)' if a.bf16 else ''}, {datetime.date.today()}")
-    print(f"{'metric':<16}{'size':>9}{'batch':>7}{'pairs/s':>11}{'x alex':>8}" + (f"{'peak MiB':>10}" if a.memory else ""))
+          f"device {a.device}, {datetime.date.today()}")
+    print(f"{'metric':<20}{'size':>9}{'batch':>7}{'pairs/s':>11}{'x alex':>8}" + (f"{'peak MiB':>10}" if a.memory else ""))
     for size_s in a.sizes:
         size = parse_size(size_s)
         for batch in a.batches:
@@ -129,16 +132,15 @@ def main() -> None:
             for name in a.metrics:
                 if name == "lpips-vgg" and a.device == "cpu" and batch * size[0] * size[1] > 32 * 256 * 256:
                     continue
-                bf16 = a.bf16 and name.startswith("lowps")
-                rate = time_one(name, a.device, batch, size, bf16, a.min_time)
+                rate = time_one(name, a.device, batch, size, a.min_time)
                 if name == "lpips-alex":
                     alex = rate
-                mem = peak_memory(name, a.device, batch, size, bf16) if a.memory else None
+                mem = peak_memory(name, a.device, batch, size) if a.memory else None
                 row = {"metric": name, "size": f"{size[0]}x{size[1]}", "batch": batch, "pairs_per_s": rate,
-                       "ratio_to_alex": rate / alex if alex else None, "peak_mib": mem, "bf16": bf16}
+                       "ratio_to_alex": rate / alex if alex else None, "peak_mib": mem}
                 rows.append(row)
                 ratio = f"{row['ratio_to_alex']:.2f}" if alex else "-"
-                print(f"{name:<16}{row['size']:>9}{batch:>7}{rate:>11.1f}{ratio:>8}"
+                print(f"{name:<20}{row['size']:>9}{batch:>7}{rate:>11.1f}{ratio:>8}"
                       + (f"{mem:>10.1f}" if mem is not None else ""), flush=True)
     if a.json:
         meta = {"device": a.device, "threads": threads, "torch": torch.__version__, "date": str(datetime.date.today()),

@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import lowps
 from lowps.backbones import create_backbone
@@ -90,3 +91,16 @@ def test_random_init_is_seeded():
 
 def test_list_backbones():
     assert "resnet6" in lowps.list_backbones()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size", [(32, 32), (8, 10), (9, 12), (33, 33)])
+def test_tf_same_max_pool_low_precision_path_is_exact(dtype, size):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, *size, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    ref = F.max_pool2d(x.float(), 3, 2, padding=(size[0] % 2, size[1] % 2), ceil_mode=True).to(dtype)
+    with torch.inference_mode():
+        y = tf_same_max_pool(x)
+    assert torch.equal(y, ref)
+    if size[0] % 2 == 0 and size[1] % 2 == 0:
+        assert y.is_contiguous(memory_format=torch.channels_last)

@@ -172,3 +172,52 @@ def test_dtype_mismatch_is_an_error():
     x, y = pair(1)
     with pytest.raises(ValueError, match="metric.to"):
         metric("meanpool")(x.double(), y.double())
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_chunked_calls_equal_one_big_call(head):
+    m = metric(head)
+    x, y = pair(5)
+    full, per = m(x, y, per_layer=True)
+    m.chunk_pixels = 2 * 64 * 64 * 2  # two pairs per backbone call: chunks of 2, 2, 1
+    assert len(m._chunks(x)) == 3
+    chunked, per_c = m(x, y, per_layer=True)
+    assert torch.allclose(chunked, full, rtol=1e-5, atol=1e-7)
+    assert all(torch.allclose(per_c[k], per[k], rtol=1e-5, atol=1e-7) for k in per)
+    f = m.embed(x)
+    m.chunk_pixels = 2 ** 30
+    g = m.embed(x)
+    assert all((a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(f, g))
+
+
+def test_chunked_spatial_and_gradients_equal_one_call():
+    m = metric("local")
+    x, y = pair(3)
+    x.requires_grad_(True)
+    d = m(x, y)
+    (gx,) = torch.autograd.grad(d.sum(), x)
+    s = m.spatial(x.detach(), y)
+    m.chunk_pixels = 64 * 64 * 2
+    d2 = m(x, y)
+    (gx2,) = torch.autograd.grad(d2.sum(), x)
+    assert torch.allclose(d2, d, rtol=1e-5) and torch.allclose(gx2, gx, rtol=1e-4, atol=1e-9)
+    assert torch.allclose(m.spatial(x.detach(), y), s, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("head", ["meanpool", "local"])
+def test_bf16_precision_close_to_fp32(head):
+    ref = lowps.PerceptualDistance(distance=head)
+    fast = lowps.PerceptualDistance(distance=head, precision="bf16")
+    assert next(fast.backbone.parameters()).dtype == torch.bfloat16 and "precision='bf16'" in repr(fast)
+    x, y = pair(6)
+    y = (0.7 * x + 0.3 * y)  # realistic, not-too-far pairs
+    d, d16 = ref(x, y), fast(x, y)
+    assert d16.dtype == torch.float32
+    # Documented tolerance (docs/performance.md): 3% relative per pair.
+    assert torch.allclose(d16, d, rtol=0.03, atol=0)
+    assert torch.equal(fast(x, x), torch.zeros(6))
+
+
+def test_unknown_precision_is_an_error():
+    with pytest.raises(ValueError, match="precision 'fp8'.*fp32, bf16, fp16"):
+        lowps.PerceptualDistance(weights="random", precision="fp8")

@@ -54,13 +54,18 @@ class Head(nn.Module):
     def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def compact(self, f: torch.Tensor) -> torch.Tensor:
+        """What the head reads of a feature map (``embed`` keeps only this); identity by default."""
+        return f
+
     def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"the {self.name!r} distance has no spatial map; use 'local' or 'linear'")
 
     def forward(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor],
                 idx: Sequence[int]) -> torch.Tensor:
         with torch.autocast(f0[idx[0]].device.type, enabled=False):
-            return torch.stack([self.layer(i, _wide(f0[i]), _wide(f1[i])) for i in idx], dim=1)
+            return torch.stack([self.layer(i, _wide(self.compact(f0[i])), _wide(self.compact(f1[i]))) for i in idx],
+                               dim=1)
 
     def maps(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor], idx: Sequence[int],
              size: tuple[int, int]) -> torch.Tensor:
@@ -112,6 +117,10 @@ class LinearHead(LocalHead):
 
 class MeanPoolHead(Head):
     name = "meanpool"
+
+    def compact(self, f: torch.Tensor) -> torch.Tensor:
+        # Spatial mean, accumulated in float32 for bf16/fp16 features without a widened copy.
+        return f.mean((2, 3), keepdim=True, dtype=None if f.dtype in (torch.float32, torch.float64) else torch.float32)
 
     def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ua, ub = unit_normalize(a.mean((2, 3))), unit_normalize(b.mean((2, 3)))

@@ -37,7 +37,22 @@ def tf_same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch
     """
     if kernel != 3 or stride != 2:
         raise ValueError("tf_same_max_pool implements the stem's 3x3 stride-2 pool only")
-    return F.max_pool2d(x, 3, 2, padding=(x.shape[-2] % 2, x.shape[-1] % 2), ceil_mode=True)
+    h, w = x.shape[-2:]
+    if x.dtype in (torch.bfloat16, torch.float16) and not (torch.is_grad_enabled() and x.requires_grad) \
+            and h % 2 == 0 and w % 2 == 0 and h > 2 and w > 2:
+        return _even_max_pool_lowp(x)
+    return F.max_pool2d(x, 3, 2, padding=(h % 2, w % 2), ceil_mode=True)
+
+
+def _even_max_pool_lowp(x: torch.Tensor) -> torch.Tensor:
+    # Same values as the pool above (max is exact), as two separable passes of elementwise maxima.
+    # CPU's bf16/fp16 max_pool2d is several times slower than this and also writes int64 indices
+    # nobody reads; window k covers cells 2k, 2k+1, 2k+2 (the last window has no third cell).
+    a = torch.maximum(x[..., 0::2], x[..., 1::2])
+    a[..., :-1] = torch.maximum(a[..., :-1], x[..., 2::2])
+    b = torch.maximum(a[..., 0::2, :], a[..., 1::2, :])
+    b[..., :-1, :] = torch.maximum(b[..., :-1, :], a[..., 2::2, :])
+    return b
 
 
 def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
