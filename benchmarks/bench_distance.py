@@ -87,7 +87,7 @@ def peak_memory(name: str, device: str, batch: int, size: tuple[int, int]) -> fl
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     code = (
         "import sys, torch; sys.path.insert(0, %r); import bench_distance as b;"
-        "fn = b.make(%r, 'cpu'); x = torch.rand(%d, 3, %d, %d); y = torch.rand_like(x);"
+        "fn = b.make(%r, 'cpu'); x = torch.rand(%d, 3, %d, %d); y = torch.rand_like(x)\n"
         "with torch.inference_mode(): fn(x[:1], y[:1])\n"  # load kernels before the baseline
         "rss = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset the peak-RSS mark (Linux)

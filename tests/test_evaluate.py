@@ -81,3 +81,16 @@ def test_torchrun_two_processes_match_one(root, tmp_path):
                         capture_output=True, text=True, timeout=300)
     assert r1.returncode == 0, r1.stderr[-2000:]
     assert json.loads(two.read_text())["categories"] == json.loads(one.read_text())["categories"]
+
+
+def test_precision_is_recorded_and_refused_for_baselines(root, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert score_main(["--root", str(root), "--precision", "bf16", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["precision"] == "bf16"
+    ref = lowps.PerceptualDistance(precision="bf16")
+    ds = TwoAFCSet(root, "cnn")
+    r, p0, p1, judge = (torch.stack(x) for x in zip(*[ds[i] for i in range(len(ds))]))
+    assert report["categories"]["cnn"]["score"] == pytest.approx(score_2afc(ref(r, p0), ref(r, p1), judge), abs=1e-12)
+    assert score_main(["--root", str(root), "--metric", "l2", "--precision", "bf16", "--quiet"]) == 2
+    assert "applies to lowps metrics only" in capsys.readouterr().err

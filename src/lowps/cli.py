@@ -20,6 +20,9 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
                    help="backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)")
     p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
     p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="backbone precision; bf16 is ~2x faster on recent CPUs/GPUs, distances move by "
+                        "a few percent (default: fp32)")
 
 
 def _batch_args(p: argparse.ArgumentParser, batch: int) -> None:
@@ -41,7 +44,7 @@ def _cmd_distance(a: argparse.Namespace) -> int:
     from .functional import distance
 
     d = distance(a.img0, a.img1, backbone=a.backbone, distance=a.distance, weights=a.weights,
-                 layers=_layers(a.layers), head_weights=a.head_weights, per_layer=a.per_layer)
+                 layers=_layers(a.layers), head_weights=a.head_weights, per_layer=a.per_layer, precision=a.precision)
     if a.per_layer:
         total, per = d
         print(f"{float(total[0]):.6f}")
@@ -96,7 +99,8 @@ def _cmd_dirs(a: argparse.Namespace) -> int:
     missing = sorted(set(files0) ^ set(files1))
     if missing:
         print(f"lowps dirs: {len(missing)} files have no partner and are skipped (e.g. {missing[:3]})", file=sys.stderr)
-    m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device)
+    m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device,
+                   precision=a.precision)
     rows, batch = [], []
 
     def flush() -> None:
@@ -125,7 +129,8 @@ def _cmd_allpairs(a: argparse.Namespace) -> int:
     other = _images_in(a.other) if a.other else None
     if not files or (other is not None and not other):
         raise ValueError("no images found")
-    m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device)
+    m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device,
+                   precision=a.precision)
     mat = pairwise(files, other, metric=m, batch_size=a.batch_size, progress=not a.quiet)
     cols = [f.name for f in (other or files)]
     rows = [[f.name] + [f"{float(v):.6f}" for v in row] for f, row in zip(files, mat)]
@@ -376,7 +381,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
         scorer = build_scorer(a.metric, a.backbone, a.distance, a.weights, a.head_weights, _layers(a.layers),
-                              a.device, per_layer=a.per_layer)
+                              a.device, per_layer=a.per_layer, precision=a.precision)
         report = evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device, a.workers,
                                 progress=not a.quiet)
         if dist.is_available() and dist.is_initialized():

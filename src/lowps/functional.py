@@ -27,15 +27,17 @@ def _key(x: object) -> object:
 def get_metric(backbone: str = "resnet6", distance: str = "meanpool", weights: WeightsSpec = None,
                layers: Sequence[str | int] | None = None, input_range: tuple[float, float] | str = (0.0, 1.0),
                head_weights: WeightsSpec = None, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> PerceptualDistance:
+               dtype: torch.dtype = torch.float32, precision: str = "fp32") -> PerceptualDistance:
     """The cached :class:`PerceptualDistance` for these options on ``device``/``dtype`` (LRU of 4)."""
     rng = parse_input_range(input_range)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    key = (backbone, distance, _key(weights), _key(layers), rng, _key(head_weights), str(dev), dtype)
+    key = (backbone, distance, _key(weights), _key(layers), rng, _key(head_weights), str(dev), dtype, precision)
     m = _CACHE.get(key)
     if m is None:
         m = PerceptualDistance(backbone, distance, weights=weights, layers=layers, input_range=rng,
-                               head_weights=head_weights).to(device=dev, dtype=dtype)
+                               head_weights=head_weights, precision=precision).to(device=dev)
+        if dtype != torch.float32:
+            m = m.to(dtype=dtype)
         _CACHE[key] = m
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -52,7 +54,8 @@ def clear_cache() -> None:
 def distance(img0: ImageLike, img1: ImageLike, backbone: str = "resnet6", distance: str = "meanpool",
              weights: WeightsSpec = None, layers: Sequence[str | int] | None = None,
              input_range: tuple[float, float] | str = (0.0, 1.0), head_weights: WeightsSpec = None,
-             per_layer: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             per_layer: bool = False, precision: str = "fp32"
+             ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Perceptual distance between ``img0`` and ``img1`` (Kumar et al. 2022), shape (N,).
 
     Takes tensors (N, 3, H, W) or (3, H, W) in ``input_range`` (1 channel is repeated to 3), PIL
@@ -65,5 +68,5 @@ def distance(img0: ImageLike, img1: ImageLike, backbone: str = "resnet6", distan
     dev = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.dtype in (torch.float32, torch.float64, torch.float16,
                                                          torch.bfloat16) else torch.float32
-    m = get_metric(backbone, distance, weights, layers, input_range, head_weights, dev, dtype)
+    m = get_metric(backbone, distance, weights, layers, input_range, head_weights, dev, dtype, precision)
     return m(img0, img1, per_layer=per_layer)

@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end (tiny settings) and write what they promise."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_distance_tiny_run_with_memory(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distance.py"), "--sizes", "32",
+                        "--batches", "2", "--min-time", "0.01", "--memory", "--json", str(out),
+                        "--metrics", "lpips-alex", "lowps:meanpool", "lowps:local:bf16"],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                         "LOWPS_BENCH_WEIGHTS": "random"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["metric"] for row in rows] == ["lpips-alex", "lowps:meanpool", "lowps:local:bf16"]
+    assert rows[0]["ratio_to_alex"] == 1.0
+    assert all(row["pairs_per_s"] > 0 and row["peak_mib"] is not None for row in rows)
+    assert "lowps:local:bf16" in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_score_scaling_runs_and_checks_agreement(tmp_path):
+    out = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_score_scaling.py"), "--make-fixture", "8",
+                        "--nproc", "1", "2", "--batch-size", "4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["identical"] is True
+    assert [row["nproc"] for row in rep["rows"]] == [1, 2] and rep["rows"][0]["triplets"] == 16
