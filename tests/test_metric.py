@@ -221,3 +221,14 @@ def test_bf16_precision_close_to_fp32(head):
 def test_unknown_precision_is_an_error():
     with pytest.raises(ValueError, match="precision 'fp8'.*fp32, bf16, fp16"):
         lowps.PerceptualDistance(weights="random", precision="fp8")
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    m = lowps.PerceptualDistance()
+    x, y = pair(4)
+    ref = m(x, y)
+    with torch.inference_mode():
+        d = torch.compile(m)(x, y)
+    # Documented tolerance for torch.compile: 1e-5 relative (inductor may reorder float sums).
+    assert torch.allclose(d, ref, rtol=1e-5, atol=1e-9)
