@@ -104,3 +104,16 @@ def test_tf_same_max_pool_low_precision_path_is_exact(dtype, size):
     assert torch.equal(y, ref)
     if size[0] % 2 == 0 and size[1] % 2 == 0:
         assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("arch", ["resnet6", "resnet10"])
+def test_stem_sub_batches_at_inference_are_exact(arch):
+    model = timm.create_model(arch, num_classes=0).eval()
+    x = torch.randn(5, 3, 40, 48)
+    with torch.no_grad():
+        ref = model.forward_stages(x)
+        model.stem_chunk_pixels = 2 * 40 * 48  # sub-batches of 2, 2, 1
+        got = model.forward_stages(x)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, ref))  # conv algo may differ by batch
+    with torch.enable_grad():  # with autograd the stem runs whole (nothing to save by splitting)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.forward_stages(x), ref))

@@ -47,3 +47,24 @@ def test_readme_main_command_works():
                        env=dict(os.environ, LOWPS_OFFLINE="1"))
     assert r.returncode == 0, r.stderr
     assert float(r.stdout) > 0
+
+
+TRAINED = [e for e in lowps.weights.list() if e.kind == "backbone" and e.embedded and e.metrics.get("top1")]
+
+
+def test_every_shipped_checkpoint_is_in_the_model_card_with_its_sha256():
+    card = (ROOT / "docs" / "models.md").read_text()
+    assert {e.arch for e in TRAINED} >= {"resnet6"}
+    for e in TRAINED:
+        row = next((line for line in card.splitlines() if line.startswith("|") and f"`{e.name}`" in line), None)
+        assert row is not None, f"{e.name} has no row in docs/models.md"
+        assert e.sha256 in row and f"{e.metrics['top1']:.2f}" in row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", TRAINED, ids=[e.name for e in TRAINED])
+def test_shipped_classifier_reproduces_its_top1(entry, tiny_imagenet):
+    bb = lowps.weights.build_backbone(entry.arch, entry.name)
+    res = evaluate(bb.model.float().to(memory_format=torch.channels_last),
+                   load_split(f"tiny-imagenet:{tiny_imagenet}", "val"), torch.device("cpu"))
+    assert abs(res["top1"] - entry.metrics["top1"]) <= 0.5, (entry.name, res["top1"])

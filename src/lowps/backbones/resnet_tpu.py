@@ -185,10 +185,21 @@ class TPUResNet(nn.Module):
             setattr(self.get_submodule(parent) if parent else self, leaf, nn.Identity())
         return self
 
+    #: Input pixels per stem call at inference. The stem's conv output is the largest activation
+    #: (4x the next one), so running it in sub-batches bounds peak memory; results are identical.
+    stem_chunk_pixels: int = 2 ** 17
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        # relu(maxpool(.)) == maxpool(relu(.)) exactly (both monotone); pooling first is 4x less ReLU work.
+        step = max(1, self.stem_chunk_pixels // (x.shape[-2] * x.shape[-1]))
+        if torch.is_grad_enabled() or step >= x.shape[0]:
+            return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
+        parts = [tf_same_max_pool(self.bn1(self.conv1(x[i:i + step]))) for i in range(0, x.shape[0], step)]
+        return torch.cat(parts).relu_()
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the four reduction stages (after their final ReLU)."""
-        # relu(maxpool(.)) == maxpool(relu(.)) exactly (both monotone); pooling first is 4x less ReLU work.
-        x = tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
+        x = self._stem(x)
         feats = []
         for stage in self.stages:
             x = stage(x)
