@@ -20,6 +20,10 @@ WeightsSpec = Union[str, "os.PathLike[str]", None]
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class PerceptualDistance(nn.Module):
     """Perceptual distance between image pairs from a (low-accuracy) ImageNet backbone.
 
@@ -136,8 +140,7 @@ class PerceptualDistance(nn.Module):
 
     #: Pixels (images x H x W) per backbone call. Larger batches run in chunks of pairs: results are
     #: identical (every sample is independent in eval mode), but activations stay small enough for
-    #: the allocator to reuse memory instead of page-faulting fresh blocks, which on CPU made a
-    #: 32-pair 256x256 call ~1.8x slower than eight 4-pair calls (docs/performance.md).
+    #: the allocator to reuse memory instead of page-faulting fresh blocks (docs/performance.md).
     chunk_pixels: int = 2 ** 19
 
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -149,7 +152,7 @@ class PerceptualDistance(nn.Module):
             return (x * self._scale + self._shift).to(dtype=dtype, memory_format=fmt)
         # One pass per batch writing straight into the trunk's input (no cat/scale/shift/cast temporaries).
         shape = (sum(x.shape[0] for x in xs), *xs[0].shape[1:])
-        out = torch.empty(shape, dtype=dtype, device=xs[0].device).contiguous(memory_format=fmt)
+        out = torch.empty(shape, dtype=dtype, device=xs[0].device, memory_format=fmt)
         start = 0
         for x in xs:
             torch.addcmul(self._shift, x, self._scale, out=out[start:start + x.shape[0]])
@@ -177,8 +180,7 @@ class PerceptualDistance(nn.Module):
                 per_layer: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Distance per pair, shape (N,); with ``per_layer=True`` also ``{layer name: (N,)}``."""
         x0, x1 = self._prepare(img0, img1)
-        parts = [self.head(*self._pair_features(x0[c], x1[c]), self.layer_idx) for c in self._chunks(x0)]
-        per = parts[0] if len(parts) == 1 else torch.cat(parts)
+        per = _cat([self.head(*self._pair_features(x0[c], x1[c]), self.layer_idx) for c in self._chunks(x0)])
         total = per.sum(1)
         if per_layer:
             return total, {name: per[:, k] for k, name in enumerate(self.layer_names)}
@@ -195,9 +197,8 @@ class PerceptualDistance(nn.Module):
             raise ValueError(f"distance={self.head.name!r} has no spatial map; use distance='local' or 'linear'")
         x0, x1 = self._prepare(img0, img1)
         size = tuple(x0.shape[-2:])
-        parts = [self.head.maps(*self._pair_features(x0[c], x1[c]), self.layer_idx, size)
-                 for c in self._chunks(x0)]
-        maps = parts[0] if len(parts) == 1 else torch.cat(parts)
+        maps = _cat([self.head.maps(*self._pair_features(x0[c], x1[c]), self.layer_idx, size)
+                     for c in self._chunks(x0)])
         total = maps.sum(1, keepdim=True)
         if per_layer:
             return total, {name: maps[:, k:k + 1] for k, name in enumerate(self.layer_names)}
@@ -216,10 +217,10 @@ class PerceptualDistance(nn.Module):
         if x.device != self._scale.device or x.dtype != self._scale.dtype:
             x = self._prepare(x, x)[0]
         keep = set(self.layer_idx)
+        # Compact each chunk as it comes (meanpool keeps only the pooled vectors), then join per layer.
         parts = [[self.head.compact(f) if i in keep else None for i, f in enumerate(self.features(x[c]))]
                  for c in self._chunks(x, images_per_item=1)]
-        return [None if i not in keep else (parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts]))
-                for i in range(len(parts[0]))]
+        return [_cat([p[i] for p in parts]) if i in keep else None for i in range(len(parts[0]))]
 
     def distance_features(self, f0: list[torch.Tensor | None], f1: list[torch.Tensor | None]) -> torch.Tensor:
         """Distances (N,) between embedded batches (:meth:`embed`); a batch of 1 broadcasts."""
