@@ -1,11 +1,14 @@
+import copy
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import lowps
 from lowps.backbones import create_backbone
-from lowps.backbones.resnet_tpu import tf_same_max_pool
+from lowps.backbones.resnet_tpu import SingleConvBlock, tf_same_max_pool
 
 
 def test_resnet6_parameter_count_and_feature_shapes():
@@ -117,3 +120,91 @@ def test_stem_sub_batches_at_inference_are_exact(arch):
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, ref))  # conv algo may differ by batch
     with torch.enable_grad():  # with autograd the stem runs whole (nothing to save by splitting)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.forward_stages(x), ref))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
+    # Relative to the largest value: deep random nets reach large activations.
+    return a.shape == b.shape and bool((a - b).abs().max() <= rel * b.abs().max())
+
+
+def _with_random_bn_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    # Fresh BNs are identities (and zero-gamma branches vanish): give every BN non-trivial statistics.
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = 0.5 + torch.rand(c, generator=g)
+            m.bias.data = 0.2 * torch.randn(c, generator=g)
+            m.running_mean = 0.2 * torch.randn(c, generator=g)
+            m.running_var = 0.5 + torch.rand(c, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["resnet6", "resnet10"])
+@pytest.mark.parametrize("size", [(64, 64), (37, 50)])
+def test_fuse_folds_bn_and_merges_single_conv_shortcuts_exactly(arch, size):
+    ref_model = _with_random_bn_statistics(timm.create_model(arch, num_classes=0))
+    fused = copy.deepcopy(ref_model).fuse()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    if arch == "resnet6":  # every block is one conv + ReLU now
+        assert all(block.shortcut is None for stage in fused.stages for block in stage)
+    x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    ref, got = ref_model.forward_stages(x), fused.forward_stages(x)
+    assert all(_close(a, b) for a, b in zip(got, ref))
+    # Input gradients (the metric as a training loss) agree too. In float64: in float32 a
+    # pre-activation within rounding of 0 can land on the other side of a ReLU, which moves the
+    # gradient locally (by design of ReLU, not of the fusion).
+    ref_model.double()
+    fused = copy.deepcopy(ref_model).fuse()
+    x = x.detach().double().requires_grad_()
+    g_ref, = torch.autograd.grad(sum(f.square().mean() for f in ref_model.forward_stages(x)), x)
+    g_got, = torch.autograd.grad(sum(f.square().mean() for f in fused.forward_stages(x)), x)
+    assert _close(g_got, g_ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_merge_identity_and_projection_shortcuts(stride):
+    for project in ([True] if stride == 2 else [True, False]):
+        block = _with_random_bn_statistics(SingleConvBlock(8, 8, stride, project=project))
+        for m in block.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.weight, std=0.3)
+        x = torch.randn(2, 8, 9, 10)
+        with torch.no_grad():
+            ref = block(x)
+        # Fold BN by hand so the block is tested on its own.
+        block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), torch.nn.Identity()
+        if project:
+            block.shortcut[0] = fuse_conv_bn_eval(block.shortcut[0], block.shortcut[1])
+            block.shortcut[1] = torch.nn.Identity()
+        block.merge_shortcut()
+        with torch.no_grad():
+            assert torch.allclose(block(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_shortcut_before_folding_bn_is_an_error():
+    with pytest.raises(RuntimeError, match="BatchNorm folded first"):
+        SingleConvBlock(4, 8, 2, project=True).eval().merge_shortcut()
+
+
+def test_small_map_nchw_path_matches_channels_last_and_tracks_weight_changes():
+    model = _with_random_bn_statistics(timm.create_model("resnet6", num_classes=0)).fuse()
+    model.requires_grad_(False).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    last = model.stages[-1][0]
+    with torch.no_grad():
+        fast = model.forward_stages(x)
+        assert hasattr(last, "_nchw_weight")  # the 4x4 -> 2x2 conv took the NCHW path
+        for stage in model.stages:
+            stage[0].small_map_pixels = 0
+        ref = model.forward_stages(x)
+        for a, b in zip(fast, ref):
+            assert _close(a, b)
+        for stage in model.stages:
+            stage[0].small_map_pixels = 64
+        last.conv1.weight.mul_(2)  # an in-place edit must not be served from the stale copy
+        edited = model.forward_stages(x)[-1]
+        for stage in model.stages:
+            stage[0].small_map_pixels = 0
+        assert _close(edited, model.forward_stages(x)[-1])
+        assert not _close(edited, fast[-1])

@@ -44,6 +44,26 @@ def test_style_gram_is_normalised_by_positions():
     assert torch.allclose(StyleHead.gram(f.repeat(1, 1, 2, 2)), g, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(5, 8, 6, 6), (5, 64, 2, 3), (5, 32, 4, 4)])  # n >= C, n < C, n < C
+def test_style_head_equals_direct_gram_formula(shape):
+    # Reference: the formula as written, on C x C Gram matrices in float64 (of the same float32
+    # unit-normalised features the head sees: that normalisation is float32 in both).
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(shape, generator=g)
+    b = a + 1e-3 * torch.randn(shape, generator=g)  # close pairs: where cancellation would show
+    b[0] = torch.randn(shape[1:], generator=g)  # and one far pair
+    c, n = shape[1], shape[2] * shape[3]
+    ua, ub = unit_normalize(a).double().flatten(2), unit_normalize(b).double().flatten(2)
+    ga, gb = ua @ ua.transpose(1, 2) / n, ub @ ub.transpose(1, 2) / n
+    want = (ga - gb).pow(2).sum((1, 2)) / (c * c)
+    head = StyleHead([c])
+    head.chunk_elements = 2 * c * c  # several chunks on the C x C path
+    got = head([a], [b], [0])[:, 0]
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=0)
+    assert torch.equal(head([a], [a], [0]), torch.zeros(5, 1))
+
+
 def test_linear_head_with_ones_equals_local():
     a, b = feats(0), feats(1)
     assert torch.allclose(create_head("linear", CH)(a, b, [0, 1]), create_head("local", CH)(a, b, [0, 1]))

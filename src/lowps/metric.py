@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, create_backbone
+from .backbones.resnet_tpu import TPUResNet
 from .heads import Head, LinearHead, create_head
 from .inputs import ImageLike, parse_input_range, to_tensor, validate_batch, validate_pair
 
@@ -92,9 +93,10 @@ class PerceptualDistance(nn.Module):
         self.requires_grad_(False)
         self.eval()
         # Fast paths that keep results within float rounding (<1e-6 relative): BatchNorm folded into
-        # the convs (the metric never trains its trunk) and channels_last convolutions.
-        if hasattr(self.backbone.model, "fuse_bn"):
-            self.backbone.model.fuse_bn()
+        # the convs and ResNet-6's shortcuts merged into its 3x3 convs (the metric never trains its
+        # trunk; TPUResNet.fuse), and channels_last convolutions.
+        if isinstance(self.backbone.model, TPUResNet):
+            self.backbone.model.fuse()
         if self.backbone.kind != "cls":
             self.backbone.to(memory_format=torch.channels_last)
         if precision != "fp32":
