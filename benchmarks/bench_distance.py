@@ -6,9 +6,11 @@
 
 LPIPS runs from the `lpips` package with random trunks (speed only: weights do not change the
 work). lowps runs its default backbone with every head as users get it (``PerceptualDistance``:
-BatchNorm folded, channels_last, both images in one forward, pixel-bounded chunks) under
-``torch.inference_mode``; ``lowps:HEAD:bf16`` is ``PerceptualDistance(precision="bf16")``.
-Ratios are pairs/s against LPIPS-alex at the same size and batch. Peak memory: on CUDA the
+BatchNorm and shortcuts folded into the convs, channels_last, both images in one forward,
+pixel-bounded chunks) under ``torch.inference_mode``; ``lowps:HEAD:bf16`` is
+``PerceptualDistance(precision="bf16")``. Per size and batch, the metrics are timed in interleaved
+rounds on the same inputs and pairs/s = batch / median call time; ratios are against LPIPS-alex at
+the same size and batch. Peak memory: on CUDA the
 allocator's peak; on CPU the peak resident-set growth of a child process that runs only that one
 configuration (so one measurement cannot hide inside another's peak).
 """
@@ -19,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -50,26 +53,37 @@ def parse_size(s: str) -> tuple[int, int]:
     return int(h), int(w or h)
 
 
-def time_one(name: str, device: str, batch: int, size: tuple[int, int], min_time: float) -> float:
-    fn = make(name, device)
+def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int, int],
+                     min_time: float) -> dict[str, float]:
+    """Pairs/s of each metric on the same inputs: batch / median call time over interleaved rounds.
+
+    Every round calls each metric once, in turn, so slow drift of a shared machine (clock, other
+    tenants) hits all of them alike, and the median drops the odd stalled call; the ratios against
+    LPIPS-alex are what this benchmark is for.
+    """
+    fns = {name: make(name, device) for name in names}
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *size, generator=g).to(device)
     y = torch.rand(batch, 3, *size, generator=g).to(device)
 
-    def run() -> None:
+    def call(fn) -> float:
+        start = time.perf_counter()
         with torch.inference_mode():
             fn(x, y)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-    run()
-    run()  # warm-up: allocator, oneDNN/cuDNN kernel choice
-    n, start = 0, time.perf_counter()
+        return time.perf_counter() - start
+
+    for fn in fns.values():  # warm-up: allocator, oneDNN/cuDNN kernel choice
+        call(fn)
+        call(fn)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
     while True:
-        run()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time and n >= 3:
-            return n * batch / elapsed
+        for name, fn in fns.items():
+            times[name].append(call(fn))
+        if len(times[names[0]]) >= 3 and time.perf_counter() - start >= min_time * len(fns):
+            return {name: batch / statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory(name: str, device: str, batch: int, size: tuple[int, int]) -> float:
@@ -93,7 +107,7 @@ def peak_memory(name: str, device: str, batch: int, size: tuple[int, int]) -> fl
         "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset the peak-RSS mark (Linux)
         "base = rss('VmRSS:')\n"
         "with torch.inference_mode(): fn(x, y)\n"
-        "print((rss('VmHWM:') - base) / 1024)"
+        "print(max(0, rss('VmHWM:') - base) / 1024)"
     ) % (HERE, name, batch, size[0], size[1])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -108,7 +122,8 @@ def main() -> None:
                                                      "lowps:local", "lowps:style", "lowps:linear",
                                                      "lowps:meanpool:bf16"],
                    help="lpips-NET, or lowps:HEAD[:PRECISION] (PRECISION fp32 (default), bf16 or fp16)")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per configuration")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="seconds of timed calls per metric and configuration (at least 3 rounds)")
     p.add_argument("--max-pixels", type=float, default=256 * 256 * 256,
                    help="skip configurations whose batch x H x W exceeds this (vgg at 512 px is minutes on CPU)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory")
@@ -128,13 +143,12 @@ def main() -> None:
         for batch in a.batches:
             if batch * size[0] * size[1] > a.max_pixels:
                 continue
-            alex = None
-            for name in a.metrics:
-                if name == "lpips-vgg" and a.device == "cpu" and batch * size[0] * size[1] > 32 * 256 * 256:
-                    continue
-                rate = time_one(name, a.device, batch, size, a.min_time)
-                if name == "lpips-alex":
-                    alex = rate
+            names = [n for n in a.metrics
+                     if not (n == "lpips-vgg" and a.device == "cpu" and batch * size[0] * size[1] > 32 * 256 * 256)]
+            rates = time_interleaved(names, a.device, batch, size, a.min_time)
+            alex = rates.get("lpips-alex")
+            for name in names:
+                rate = rates[name]
                 mem = peak_memory(name, a.device, batch, size) if a.memory else None
                 row = {"metric": name, "size": f"{size[0]}x{size[1]}", "batch": batch, "pairs_per_s": rate,
                        "ratio_to_alex": rate / alex if alex else None, "peak_mib": mem}
