@@ -122,6 +122,29 @@ def test_stem_sub_batches_at_inference_are_exact(arch):
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.forward_stages(x), ref))
 
 
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 33), (40, 31), (17, 16), (100, 23)])
+def test_stem_row_bands_for_large_images_are_exact(size):
+    # When one image's stem output exceeds stem_chunk_pixels, the stem runs in bands of pooled rows,
+    # each from only the input rows it depends on (the conv's zero padding and the pool's TF "SAME"
+    # padding applied only where a band meets the border). Every band height, odd and even sizes.
+    model = timm.create_model("resnet6", num_classes=0).eval()
+    h, w = size
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        model.stem_chunk_pixels = 10 ** 9
+        ref = model._stem(x)
+        for bound in (1, 4 * w, 8 * w, 12 * w + 1, h * w - 1):  # 1, 1, 2, 3 ... pooled rows per band
+            model.stem_chunk_pixels = bound
+            got = model._stem(x)
+            assert got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-5, atol=1e-6), bound
+        model.stem_chunk_pixels = 8 * w
+        full = model.forward_stages(x)
+    model.stem_chunk_pixels = 10 ** 9
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(full, model.forward_stages(x)))
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
     # Relative to the largest value: deep random nets reach large activations.
     return a.shape == b.shape and bool((a - b).abs().max() <= rel * b.abs().max())

@@ -247,16 +247,44 @@ class TPUResNet(nn.Module):
         return self
 
     #: Input pixels per stem call at inference. The stem's conv output is the largest activation
-    #: (4x the next one), so running it in sub-batches bounds peak memory; results are identical.
-    stem_chunk_pixels: int = 2 ** 17
+    #: (4x the next one), so it runs in sub-batches of images, or in bands of rows when one image
+    #: alone is larger; results equal the whole call's up to float rounding.
+    stem_chunk_pixels: int = 2 ** 16
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         # relu(maxpool(.)) == maxpool(relu(.)) exactly (both monotone); pooling first is 4x less ReLU work.
-        step = max(1, self.stem_chunk_pixels // (x.shape[-2] * x.shape[-1]))
-        if torch.is_grad_enabled() or step >= x.shape[0]:
+        n, _, h, w = x.shape
+        step = self.stem_chunk_pixels // (h * w)
+        if torch.is_grad_enabled() or step >= n:
             return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
-        parts = [tf_same_max_pool(self.bn1(self.conv1(x[i:i + step]))) for i in range(0, x.shape[0], step)]
-        return torch.cat(parts).relu_()
+        if step >= 1:
+            parts = [tf_same_max_pool(self.bn1(self.conv1(x[i:i + step]))) for i in range(0, n, step)]
+            return torch.cat(parts).relu_()
+        rows = max(1, self.stem_chunk_pixels // (4 * w))  # pooled rows per band (4 input rows each)
+        pooled_h = ((h - 1) // 2 + 2) // 2
+        return torch.cat([torch.cat([self._stem_band(x[i:i + 1], k, min(k + rows, pooled_h))
+                                     for k in range(0, pooled_h, rows)], dim=2) for i in range(n)]).relu_()
+
+    def _stem_band(self, x: torch.Tensor, k0: int, k1: int) -> torch.Tensor:
+        """Pooled stem rows ``[k0, k1)`` from only the input rows they depend on (inference only)."""
+        h = x.shape[-2]
+        conv_h = (h - 1) // 2 + 1  # conv 7x7/2, padding 3
+        top = conv_h % 2  # the pool's TF "SAME" padding before (see tf_same_max_pool)
+        # Pool row k reads conv rows 2k - top .. 2k - top + 2; conv row r reads input rows 2r-3 .. 2r+3.
+        want0, want1 = 2 * k0 - top, 2 * (k1 - 1) - top + 2
+        r0, r1 = max(0, want0), min(conv_h - 1, want1)
+        i0, i1 = max(0, 2 * r0 - 3), min(h - 1, 2 * r1 + 3)
+        band = x[:, :, i0:i1 + 1]
+        pad_top, pad_bottom = i0 - (2 * r0 - 3), (2 * r1 + 3) - i1
+        if pad_top or pad_bottom:  # the conv's zero padding, only where the band meets the border
+            band = F.pad(band, (0, 0, pad_top, pad_bottom))
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        conv = self.conv1
+        y = self.bn1(F.conv2d(band.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride,
+                              (0, conv.padding[1])))
+        if r0 != want0 or r1 != want1:  # the pool's padding: never wins a max
+            y = F.pad(y, (0, 0, r0 - want0, want1 - r1), value=float("-inf"))
+        return F.max_pool2d(y, 3, 2, padding=(0, y.shape[-1] % 2), ceil_mode=True)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the four reduction stages (after their final ReLU)."""
