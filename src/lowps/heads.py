@@ -161,8 +161,8 @@ class StyleHead(Head):
             for s in range(0, a.shape[0], step):
                 xa, xb = ua[s:s + step], ub[s:s + step]
                 diff = xa - xb
-                parts.append(torch.linalg.vector_norm(torch.baddbmm(diff @ xa.transpose(1, 2), xb, diff.transpose(1, 2)),
-                                                      dim=(1, 2)).square())
+                gram_diff = torch.baddbmm(diff @ xa.transpose(1, 2), xb, diff.transpose(1, 2))  # n (Ga - Gb)
+                parts.append(torch.linalg.vector_norm(gram_diff, dim=(1, 2)).square())
             d = torch.cat(parts)
         return d / (n * n * c * c)
 
