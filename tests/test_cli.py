@@ -82,9 +82,9 @@ def test_parser_lists_every_command():
 
 
 def test_precision_option_reaches_the_metric(capsys):
-    assert main(["distance", str(EXAMPLES / "ref.png"), str(EXAMPLES / "blur.png"), "--precision", "bf16"]) == 0
+    assert main(["distance", str(EXAMPLES / "ref.png"), str(EXAMPLES / "blur.png"), "--precision", "bf16", "--force-precision"]) == 0
     printed = float(capsys.readouterr().out.strip())
-    want = float(lowps.distance(EXAMPLES / "ref.png", EXAMPLES / "blur.png", precision="bf16")[0])
+    want = float(lowps.distance(EXAMPLES / "ref.png", EXAMPLES / "blur.png", precision="bf16", force_precision=True)[0])
     fp32 = float(lowps.distance(EXAMPLES / "ref.png", EXAMPLES / "blur.png")[0])
     assert printed == pytest.approx(want, abs=1e-6) and printed != fp32
     assert printed == pytest.approx(fp32, rel=0.03)

@@ -85,10 +85,10 @@ def test_torchrun_two_processes_match_one(root, tmp_path):
 
 def test_precision_is_recorded_and_refused_for_baselines(root, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert score_main(["--root", str(root), "--precision", "bf16", "--json", str(out), "--quiet"]) == 0
+    assert score_main(["--root", str(root), "--precision", "bf16", "--force-precision", "--json", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
     assert report["config"]["precision"] == "bf16"
-    ref = lowps.PerceptualDistance(precision="bf16")
+    ref = lowps.PerceptualDistance(precision="bf16", force_precision=True)
     ds = TwoAFCSet(root, "cnn")
     r, p0, p1, judge = (torch.stack(x) for x in zip(*[ds[i] for i in range(len(ds))]))
     assert report["categories"]["cnn"]["score"] == pytest.approx(score_2afc(ref(r, p0), ref(r, p1), judge), abs=1e-12)

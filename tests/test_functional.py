@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -41,3 +42,33 @@ def test_distance_gradients_flow():
     x.requires_grad_(True)
     lowps.distance(x, y, weights="random").sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_trains_on_raw_unclamped_network_outputs():
+    # A tiny denoiser whose raw output overshoots [0, 1] (to -0.06 and 1.07) trains with lowps.distance.
+    torch.manual_seed(0)
+    clean = torch.rand(4, 3, 32, 32)
+    noisy = (clean + 0.05 * torch.randn_like(clean)).clamp(0, 1)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[[0, 1, 2], [0, 1, 2], 1, 1] = 1.13  # identity, scaled up: outputs in [-0.06, 1.07]
+        net.bias.fill_(-0.06)
+    out = net(noisy)
+    assert out.min() < -0.05 and out.max() > 1.06
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(8):
+        loss = lowps.distance(net(noisy), clean).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:]))  # small steps: every step lowers the loss
+
+
+def test_distance_check_inputs_switch():
+    x = torch.rand(1, 3, 32, 32) * 2  # far outside [0, 1]
+    with pytest.raises(lowps.InputError):
+        lowps.distance(x, x)
+    assert lowps.distance(x, x, check_inputs=False).item() == 0

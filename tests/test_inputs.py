@@ -105,3 +105,38 @@ def test_validate_pair_device_and_fixed_size():
     x = torch.rand(1, 3, 64, 64)
     with pytest.raises(InputError, match="only takes 224x224"):
         validate_pair(x, x, R01, fixed_size=(224, 224))
+
+
+@pytest.mark.parametrize("lo_hi", [(-0.063, 1.075), (-0.1, 1.1), (-0.001, 1.0), (0.0, 1.001)])
+def test_slight_overshoot_is_taken_unchanged(m, lo_hi):
+    # Raw network outputs overshoot [0, 1] a little before any clamp: taken as they are (10% of the width).
+    x = torch.rand(1, 3, 32, 32) * (lo_hi[1] - lo_hi[0]) + lo_hi[0]
+    x[0, 0, 0, :2] = torch.tensor(lo_hi)
+    y = x.clone()
+    y[0, :, :4, :4] = 0.5
+    d = m(x, y)
+    assert torch.isfinite(d).all()
+    assert torch.equal(to_tensor(x), x)  # not clamped
+    with torch.no_grad():
+        assert not torch.equal(m(x, y), m(x.clamp(0, 1), y))  # the overshoot reaches the trunk unchanged
+
+
+@pytest.mark.parametrize("vals,hint", [((-1.0, 1.0), r"input_range=\(-1, 1\)"), ((0.0, 255.0), "divide by 255"),
+                                       ((0.0, 1.3), None), ((-0.3, 0.9), None), ((-0.6, 1.0), r"\(-1, 1\)")])
+def test_range_hints_only_when_the_data_clearly_fits(m, vals, hint):
+    x = torch.full((1, 3, 32, 32), 0.5)
+    x[0, 0, 0, :2] = torch.tensor(vals)
+    with pytest.raises(InputError, match="overshoot") as e:
+        m(x, x)
+    msg = str(e.value)
+    if hint is None:
+        assert "looks like" not in msg
+    else:
+        import re
+        assert re.search(hint, msg), msg
+
+
+def test_input_range_must_be_finite():
+    for bad in [(0, float("inf")), (float("-inf"), 1), (0, float("nan"))]:
+        with pytest.raises(InputError, match="finite"):
+            parse_input_range(bad)

@@ -21,8 +21,10 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
     p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="backbone precision; bf16 is ~2x faster on recent CPUs/GPUs, distances move by "
-                        "a few percent (default: fp32)")
+                   help="backbone precision; bf16 is faster on GPUs and on CPUs with AVX-512 BF16/AMX (elsewhere "
+                        "lowps warns and runs fp32), distances move by a few percent (default: fp32)")
+    p.add_argument("--force-precision", action="store_true",
+                   help="run --precision even on a CPU that only emulates it (slow)")
 
 
 def _batch_args(p: argparse.ArgumentParser, batch: int) -> None:
@@ -44,14 +46,15 @@ def _cmd_distance(a: argparse.Namespace) -> int:
     from .functional import distance
 
     d = distance(a.img0, a.img1, backbone=a.backbone, distance=a.distance, weights=a.weights,
-                 layers=_layers(a.layers), head_weights=a.head_weights, per_layer=a.per_layer, precision=a.precision)
+                 layers=_layers(a.layers), head_weights=a.head_weights, per_layer=a.per_layer, precision=a.precision,
+                 force_precision=a.force_precision)
     if a.per_layer:
         total, per = d
-        print(f"{float(total[0]):.6f}")
+        print(f"{float(total[0]):.6g}")
         for name, v in per.items():
-            print(f"  {name}: {float(v[0]):.6f}")
+            print(f"  {name}: {float(v[0]):.6g}")
     else:
-        print(f"{float(d[0]):.6f}")
+        print(f"{float(d[0]):.6g}")
     return 0
 
 
@@ -100,7 +103,7 @@ def _cmd_dirs(a: argparse.Namespace) -> int:
     if missing:
         print(f"lowps dirs: {len(missing)} files have no partner and are skipped (e.g. {missing[:3]})", file=sys.stderr)
     m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device,
-                   precision=a.precision)
+                   precision=a.precision, force_precision=a.force_precision)
     rows, batch = [], []
 
     def flush() -> None:
@@ -130,7 +133,7 @@ def _cmd_allpairs(a: argparse.Namespace) -> int:
     if not files or (other is not None and not other):
         raise ValueError("no images found")
     m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device,
-                   precision=a.precision)
+                   precision=a.precision, force_precision=a.force_precision)
     mat = pairwise(files, other, metric=m, batch_size=a.batch_size, progress=not a.quiet)
     cols = [f.name for f in (other or files)]
     rows = [[f.name] + [f"{float(v):.6f}" for v in row] for f, row in zip(files, mat)]
@@ -381,7 +384,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
         scorer = build_scorer(a.metric, a.backbone, a.distance, a.weights, a.head_weights, _layers(a.layers),
-                              a.device, per_layer=a.per_layer, precision=a.precision)
+                              a.device, per_layer=a.per_layer, precision=a.precision,
+                              force_precision=a.force_precision)
         report = evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device, a.workers,
                                 progress=not a.quiet)
         if dist.is_available() and dist.is_initialized():

@@ -41,7 +41,8 @@ def _psnr_distance(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
 
 def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str = "meanpool",
                  weights: str | None = None, head_weights: str | None = None, layers: list | None = None,
-                 device: str | torch.device = "cpu", per_layer: bool = False, precision: str = "fp32") -> Scorer:
+                 device: str | torch.device = "cpu", per_layer: bool = False, precision: str = "fp32",
+                 force_precision: bool = False) -> Scorer:
     """A :class:`Scorer` for ``metric``: ``"lowps"`` (a :class:`PerceptualDistance`) or a baseline."""
     device = torch.device(device)
     if metric != "lowps" and precision != "fp32":
@@ -51,7 +52,8 @@ def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str
         from .metric import PerceptualDistance
 
         m = PerceptualDistance(backbone, distance, weights=weights, layers=layers,
-                               head_weights=head_weights, precision=precision).to(device)
+                               head_weights=head_weights, precision=precision,
+                               force_precision=force_precision).to(device)
 
         def fn(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             if per_layer:
@@ -59,7 +61,7 @@ def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str
             return m(x0, x1), {}
         cfg = {"metric": "lowps", "backbone": m.backbone.arch, "distance": distance, "layers": m.layer_names,
                "weights": m.backbone.weights_name, "weights_sha256": m.backbone.weights_sha256,
-               "head_weights": head_weights, "precision": precision}
+               "head_weights": head_weights, "precision": m.precision, "precision_requested": precision}
         return Scorer(f"lowps:{m.backbone.arch}/{distance}", fn, cfg)
     if metric == "l2":
         return Scorer("l2", lambda a, b: ((a - b).pow(2).flatten(1).mean(1), {}), {"metric": "l2", "space": "RGB [0,1]"})

@@ -34,6 +34,8 @@ def parse_input_range(input_range: tuple[float, float] | str) -> tuple[float, fl
             lo, hi = (float(v) for v in input_range)
         except (TypeError, ValueError) as e:
             raise InputError(f"input_range must be a pair like (0, 1) or (-1, 1), got {input_range!r}") from e
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError(f"input_range must be finite, got {(lo, hi)}; use (0, 1), (-1, 1) or (0, 255)")
     if not hi > lo:
         raise InputError(f"input_range must have low < high, got {(lo, hi)}")
     return lo, hi
@@ -83,10 +85,24 @@ def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> 
     return x * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else x
 
 
+#: How far outside ``input_range`` values may lie and still be taken as they are, as a fraction of
+#: the range's width. Raw network outputs overshoot a little before any clamp (a denoiser's output in
+#: [-0.06, 1.07] is typical early in training); a loss must accept them, as LPIPS does. Beyond this the
+#: data is more likely in another convention ([-1, 1], [0, 255]) and lowps refuses it.
+OVERSHOOT = 0.1
+
+
 def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input") -> None:
-    """Raise if ``x`` holds NaN/inf or values outside ``input_range`` (with a small float slack)."""
+    """Raise if ``x`` holds NaN/inf or values outside ``input_range`` by more than :data:`OVERSHOOT`.
+
+    Values within 10% of the range's width outside it (e.g. [-0.1, 1.1] for (0, 1)) pass unchanged:
+    they are not clamped, so gradients stay intact. The error suggests another range only when the
+    data clearly fits it (e.g. a minimum near -1 for [-1, 1] data, a maximum above 2 for [0, 255]).
+    """
+    if x.numel() == 0:
+        return
     lo, hi = input_range
-    slack = 1e-4 * (hi - lo)
+    slack = (OVERSHOOT + 1e-6) * (hi - lo)  # + float32 rounding of the bounds themselves
     with torch.no_grad():
         xmin, xmax = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates into min/max
     if lo - slack <= xmin and xmax <= hi + slack:
@@ -94,12 +110,14 @@ def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "
     if not bool(torch.isfinite(x.detach()).all()):
         raise InputError(f"{name} contains NaN or inf values")
     hint = ""
-    if lo == 0 and xmin < 0 and xmin >= -1 - slack and xmax <= 1 + slack:
+    if (lo, hi) == (0.0, 1.0) and -1.1 <= xmin <= -0.5 and xmax <= 1.1:
         hint = " It looks like [-1, 1] data: pass input_range=(-1, 1)."
-    elif xmax > hi + slack and xmax <= 255 + slack and xmin >= 0:
-        hint = " It looks like [0, 255] data: divide by 255."
+    elif xmax >= 2 and xmax <= 255 * (1 + OVERSHOOT) and xmin >= lo - slack:
+        hint = (" It looks like [0, 255] data: divide by 255." if (lo, hi) == (0.0, 1.0)
+                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first (x / 255 * {hi - lo:g} + {lo:g}).")
     raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
-                     f"[{lo:g}, {hi:g}].{hint} Set input_range= to the range your images use.")
+                     f"[{lo:g}, {hi:g}] by more than the {OVERSHOOT:.0%} overshoot lowps accepts.{hint} "
+                     "Set input_range= to the range your images use, or clamp them.")
 
 
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:

@@ -159,6 +159,12 @@ class LPIPS(nn.Module):
                  spatial: bool = False, pnet_rand: bool = False, pnet_tune: bool = False, use_dropout: bool = True,
                  model_path: str | None = None, eval_mode: bool = True, verbose: bool = True) -> None:
         super().__init__()
+        with torch.inference_mode(False):  # never inference tensors as parameters (see PerceptualDistance)
+            self._build(pretrained, net, version, lpips, spatial, pnet_rand, pnet_tune, use_dropout, model_path,
+                        eval_mode, verbose)
+
+    def _build(self, pretrained: bool, net: str, version: str, lpips: bool, spatial: bool, pnet_rand: bool,
+               pnet_tune: bool, use_dropout: bool, model_path: str | None, eval_mode: bool, verbose: bool) -> None:
         from . import weights as wts
 
         if version not in ("0.0", "0.1"):

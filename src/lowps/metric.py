@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence, Union
 
 import torch
@@ -19,6 +20,22 @@ __all__ = ["PerceptualDistance", "WeightsSpec"]
 WeightsSpec = Union[str, "os.PathLike[str]", None]
 
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+_WARNED: set[str] = set()
+
+
+def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` runs ``precision`` convolutions natively (fast): always on GPUs; on CPUs
+    bf16 needs AVX-512 BF16 or AMX, fp16 needs AMX-FP16. Without them oneDNN emulates the low
+    precision and a bf16 trunk is 4-11x *slower* than fp32 (measured on an AVX2-only CPU)."""
+    device = torch.device(device)
+    if precision == "fp32" or device.type != "cpu":
+        return True
+    cpu = torch.cpu
+    if precision == "bf16":
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    return bool(cpu._is_amx_fp16_supported())
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -46,8 +63,11 @@ class PerceptualDistance(nn.Module):
             ``"ones"`` for the untrained start (equal to ``local``). Required for ``"linear"``.
         precision: ``"fp32"`` (default, exact), or ``"bf16"`` / ``"fp16"`` to run the backbone in
             that dtype while input normalisation and the distance heads stay float32. bf16 is
-            ~2x faster on CPUs with AVX-512 BF16/AMX and on GPUs; distances move by a few percent
-            (bounded in ``tests/test_metric.py``), so keep one precision within one experiment.
+            faster only where the hardware has it (GPUs; CPUs with AVX-512 BF16 or AMX): on other
+            CPUs lowps warns once and runs fp32 (``self.precision`` says what runs), unless
+            ``force_precision=True``. Distances move by a few percent (bounded in
+            ``tests/test_metric.py``), so keep one precision within one experiment.
+        force_precision: run ``precision`` even where it is emulated (slow) on this CPU.
         check_inputs: check every batch for NaN/inf and for values outside ``input_range``
             (one reduction per call; switch off only in tight training loops with trusted data).
 
@@ -59,14 +79,24 @@ class PerceptualDistance(nn.Module):
                  layers: Sequence[str | int] | None = None,
                  input_range: tuple[float, float] | str = (0.0, 1.0),
                  head_weights: WeightsSpec = None, check_inputs: bool = True,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", force_precision: bool = False) -> None:
         super().__init__()
+        # Built outside inference mode whatever the caller's mode: parameters and buffers made under
+        # torch.inference_mode() are inference tensors that no later autograd call may use.
+        with torch.inference_mode(False):
+            self._build(backbone, distance, weights, layers, input_range, head_weights, check_inputs, precision,
+                        force_precision)
+
+    def _build(self, backbone: str, distance: str, weights: WeightsSpec, layers: Sequence[str | int] | None,
+               input_range: tuple[float, float] | str, head_weights: WeightsSpec, check_inputs: bool,
+               precision: str, force_precision: bool) -> None:
         from . import weights as wts  # late import: weights imports backbones
 
         self.input_range = parse_input_range(input_range)
         if precision not in _PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
-        self.precision = precision
+        self.requested_precision, self.force_precision = precision, force_precision
+        self.precision = "fp32"  # what the trunk runs in; set by _set_trunk_precision below
         self.check_inputs = check_inputs
         self.backbone: Backbone = wts.build_backbone(backbone, weights)
         self.head: Head = create_head(distance, [layer.channels for layer in self.backbone.layers])
@@ -99,8 +129,31 @@ class PerceptualDistance(nn.Module):
             self.backbone.model.fuse()
         if self.backbone.kind != "cls":
             self.backbone.to(memory_format=torch.channels_last)
-        if precision != "fp32":
-            self.backbone.to(_PRECISIONS[precision])
+        self._set_trunk_precision()
+
+    def _set_trunk_precision(self) -> None:
+        """Cast the trunk to the requested precision where this device runs it natively (else fp32)."""
+        req, dev = self.requested_precision, self._scale.device
+        self._trunk_device_type = dev.type
+        if req == "fp32":
+            return
+        eff = req if self.force_precision or native_low_precision(req, dev) else "fp32"
+        if eff != req and req not in _WARNED:
+            _WARNED.add(req)
+            warnings.warn(f"precision={req!r}: this CPU has no native {req} (AVX-512 BF16/AMX), where a {req} trunk "
+                          f"runs several times slower than fp32; running fp32 instead. Pass force_precision=True "
+                          f"(CLI: --force-precision) to run {req} anyway.", RuntimeWarning, stacklevel=3)
+        trunk_dtype = next(self.backbone.parameters()).dtype
+        if trunk_dtype in (torch.float32, *(_PRECISIONS[p] for p in ("bf16", "fp16"))):
+            self.backbone.to(_PRECISIONS[eff])
+        self.precision = eff
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        out = super()._apply(fn, recurse)
+        # Moved to another kind of device (e.g. .cuda() after building on a CPU without bf16): decide again.
+        if getattr(self, "_trunk_device_type", None) not in (None, self._scale.device.type):
+            self._set_trunk_precision()
+        return out
 
     def _select(self, layers: Sequence[str | int] | None) -> list[int]:
         names = self.backbone.layer_names
@@ -244,4 +297,4 @@ class PerceptualDistance(nn.Module):
     def extra_repr(self) -> str:
         return (f"distance={self.head.name!r}, layers={self.layer_names}, input_range={self.input_range}, "
                 f"weights={getattr(self.backbone, 'weights_name', None)!r}"
-                + (f", precision={self.precision!r}" if self.precision != "fp32" else ""))
+                + (f", precision={self.precision!r}" if self.requested_precision != "fp32" else ""))

@@ -80,6 +80,7 @@ class SingleConvBlock(nn.Module):
         self.conv1 = _conv(cin, cout, 3, stride)
         self.bn1 = _bn(cout, zero_init=True)
         self.shortcut: nn.Module | None = _Projection(cin, cout, stride) if project else nn.Identity()
+        self._nchw_key: tuple | None = None
 
     #: Maps of at most this many pixels take the NCHW path on CPU (see ``_conv_small_map``).
     small_map_pixels: int = 64
@@ -96,16 +97,32 @@ class SingleConvBlock(nn.Module):
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64 input
         # (4x4 -> 2x2, 512 channels) runs ~1.8x faster in NCHW, an 8x8 map ~1.1x. PyTorch picks
-        # channels_last when the input *or* the weight is, so both go NCHW; the weight copy is cached,
-        # keyed by storage, version, dtype and shape, so a moved, cast or edited weight is never served
-        # stale. Same math: results agree to float rounding.
+        # channels_last when the input *or* the weight is, so both go NCHW. The NCHW weight copy is a
+        # non-persistent buffer made when the shortcut is merged and after every ``.to()``; it is remade
+        # if the weight was edited in place (version) or replaced. Same math: equal to float rounding.
+        if self._nchw_key != self._weight_key():
+            self._refresh_nchw_weight()
+        return F.conv2d(x.contiguous(), self._nchw_weight, self.conv1.bias, self.conv1.stride, self.conv1.padding)
+
+    def _weight_key(self) -> tuple:
         w = self.conv1.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.shape)
-        cached = getattr(self, "_nchw_weight", None)
-        if cached is None or cached[0] != key:
-            cached = (key, w.detach().contiguous())
-            self._nchw_weight = cached
-        return F.conv2d(x.contiguous(), cached[1], self.conv1.bias, self.conv1.stride, self.conv1.padding)
+        version = -1 if w.is_inference() else w._version  # inference tensors carry no version counter
+        return (w.data_ptr(), version, w.dtype, w.device, tuple(w.shape))
+
+    def _refresh_nchw_weight(self) -> None:
+        # Made outside inference mode and without autograd history, whatever mode the caller is in: an
+        # inference tensor cached during a `torch.inference_mode()` call could never be used by a later
+        # autograd call (it cannot be saved for backward), and a graph-carrying copy would leak graphs.
+        with torch.inference_mode(False), torch.no_grad():
+            self._nchw_weight = self.conv1.weight.detach().clone(memory_format=torch.contiguous_format)
+        self._nchw_key = self._weight_key()
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # `.to(device/dtype/memory_format)`, `.cuda()`, `.half()` ...: keep the NCHW copy NCHW and current.
+        out = super()._apply(fn, recurse)
+        if self.shortcut is None:
+            self._refresh_nchw_weight()
+        return out
 
     @torch.no_grad()
     def merge_shortcut(self) -> None:
@@ -132,6 +149,8 @@ class SingleConvBlock(nn.Module):
         self.conv1.weight.copy_(weight)
         self.conv1.bias.copy_(bias)
         self.shortcut = None
+        self.register_buffer("_nchw_weight", torch.empty(0), persistent=False)
+        self._refresh_nchw_weight()
 
 
 class BasicBlock(nn.Module):
