@@ -343,34 +343,109 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+DATASETS = ("bapps", "2afc", "nights", "tid2013", "kadid10k", "pipal", "mos")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
 def build_score_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lowps-score", description="Score a perceptual metric against human "
-                                "judgements (BAPPS 2AFC / JND).")
-    p.add_argument("--dataset", default="bapps", choices=["bapps"])
-    p.add_argument("--root", default=None, help="BAPPS 'dataset' directory (default: the downloaded copy)")
+    p = argparse.ArgumentParser(prog="lowps-score", description="Score perceptual metrics against human "
+                                "judgements: BAPPS 2AFC/JND, any 2AFC CSV, NIGHTS, TID2013, KADID-10k, PIPAL or "
+                                "any MOS CSV (docs/benchmarks.md).")
+    p.add_argument("--dataset", default="bapps", choices=DATASETS, help="which judgement set (default: bapps)")
+    p.add_argument("--root", default=None, help="the dataset's folder (BAPPS: its 'dataset' directory, default "
+                   "the downloaded copy)")
+    p.add_argument("--csv", default=None, help="with --dataset 2afc (ref,p0,p1,h[,category]) or mos "
+                   "(ref,dist,mos[,category]): the CSV; paths are relative to its folder")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--higher-is-better", dest="higher_is_better", action="store_true", default=None,
+                           help="--dataset mos: the score rises with quality (MOS; the default)")
+    direction.add_argument("--lower-is-better", dest="higher_is_better", action="store_false",
+                           help="--dataset mos: the score falls with quality (DMOS)")
+    p.add_argument("--nights-split", default="test", choices=["train", "val", "test"], help="NIGHTS split")
+    p.add_argument("--min-votes", type=int, default=6, help="NIGHTS: keep triplets with at least this many "
+                   "votes (6: DreamSim's unanimous set)")
+    p.add_argument("--resize", type=_positive_int, default=None, metavar="N",
+                   help="scale images so the shorter side is N px (default: native size; BAPPS is always 64)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000, metavar="N",
+                   help="resamples of reference images for 95%% CIs (0: none; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--download", action="store_true", help="download and extract BAPPS into the cache, then exit")
     p.add_argument("--subset", default="val", choices=["val", "train", "jnd", "all"], help="with --download")
-    p.add_argument("--split", default="val", choices=["val", "train"])
-    p.add_argument("--categories", nargs="+", default=None, help="default: every category present")
-    p.add_argument("--mode", default="2afc", choices=["2afc", "jnd"])
-    p.add_argument("--metric", default="lowps", help="lowps (default) or a baseline: l2, psnr, ssim, "
-                   "lpips-alex, lpips-vgg, lpips-squeeze")
-    _metric_args(p)
-    p.add_argument("--per-layer", action="store_true", help="also score each layer alone (layer-wise PS)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of the per-category scores")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="BAPPS split")
+    p.add_argument("--categories", nargs="+", default=None, help="BAPPS: default every category present")
+    p.add_argument("--mode", default="2afc", choices=["2afc", "jnd"], help="BAPPS: 2AFC or JND")
+    p.add_argument("--metric", default="lowps", help="lowps (default) or a baseline: " + ", ".join(_baselines()))
+    p.add_argument("--baselines", default="", metavar="LIST",
+                   help="comma-separated baselines scored in the same run, e.g. l2,psnr,ssim,lpips-alex")
+    p.add_argument("--backbone", default="resnet6", help="lowps backbone or timm model name (default: resnet6)")
+    p.add_argument("--distance", nargs="+", default=["meanpool"], choices=["meanpool", "local", "style", "linear"],
+                   help="one or more distance heads, each scored (default: meanpool)")
+    p.add_argument("--weights", default=None,
+                   help="backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)")
+    p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
+    p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="backbone precision (bf16: native on GPUs and AVX-512 BF16/AMX CPUs, else fp32 with a warning)")
+    p.add_argument("--force-precision", action="store_true", help="run --precision even where it is emulated (slow)")
+    p.add_argument("--per-layer", action="store_true", help="BAPPS: also score each layer alone (layer-wise PS)")
+    p.add_argument("--batch-size", type=_positive_int, default=50, help="images per metric call")
+    p.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full report as strict JSON (atomically)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart (with 95%% CIs where computed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _baselines() -> tuple[str, ...]:
+    from .scoring import BASELINES
+
+    return BASELINES
+
+
+def _read_records(a: argparse.Namespace) -> tuple[list, str]:
+    from .data import judgements as J
+
+    if a.dataset in ("2afc", "mos"):
+        if not a.csv:
+            raise ValueError(f"--dataset {a.dataset} needs --csv FILE (see docs/benchmarks.md for the columns)")
+        return J.READERS[a.dataset][1](a.csv), str(a.csv)
+    if a.csv:
+        raise ValueError(f"--csv applies to --dataset 2afc or mos, not {a.dataset}; use --root DIR")
+    if not a.root:
+        raise ValueError(f"--dataset {a.dataset} needs --root DIR, the dataset's folder (see docs/benchmarks.md)")
+    if a.dataset == "nights":
+        return J.read_nights(a.root, split=a.nights_split, min_votes=a.min_votes), str(a.root)
+    return J.READERS[a.dataset][1](a.root), str(a.root)
 
 
 def score_main(argv: Sequence[str] | None = None) -> int:
     """``lowps-score``: runs unchanged under ``torchrun`` (rank 0 prints and writes)."""
     import os
 
-    a = build_score_parser().parse_args(argv)
+    p = build_score_parser()
+    a = p.parse_args(argv)
+    if a.higher_is_better is not None and a.dataset != "mos":
+        p.error("--higher-is-better/--lower-is-better apply to --dataset mos (the named MOS sets know their direction)")
     try:
         if a.download:
             from .data.bapps import download_bapps
@@ -379,29 +454,58 @@ def score_main(argv: Sequence[str] | None = None) -> int:
             return 0
         import torch.distributed as dist
 
-        from .evaluate import build_scorer, evaluate_bapps, format_table, plot_report
+        from ._io import write_json
+        from .evaluate import (build_scorer, evaluate_bapps, evaluate_judgements, format_comparison,
+                               plot_comparison)
 
+        names = [a.metric] + [b.strip() for b in a.baselines.split(",") if b.strip()]
+        for n in names:
+            if n != "lowps" and n not in _baselines():
+                raise ValueError(f"unknown metric {n!r}; choose lowps or one of {', '.join(_baselines())}")
+        if a.dataset == "bapps" and a.resize is not None:
+            raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
+        if a.precision != "fp32" and a.metric != "lowps":
+            raise ValueError(f"precision={a.precision!r} applies to lowps metrics only; baselines run in float32 "
+                             f"(drop --precision for --metric {a.metric})")
+        records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
-        scorer = build_scorer(a.metric, a.backbone, a.distance, a.weights, a.head_weights, _layers(a.layers),
-                              a.device, per_layer=a.per_layer, precision=a.precision,
-                              force_precision=a.force_precision)
-        report = evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device, a.workers,
-                                progress=not a.quiet)
+        scorers = []
+        for n in dict.fromkeys(names):
+            heads = a.distance if n == "lowps" else [None]
+            for head in heads:
+                scorers.append(build_scorer(n, a.backbone, head or "meanpool", a.weights, a.head_weights,
+                                            _layers(a.layers), a.device, per_layer=a.per_layer,
+                                            precision=a.precision if n == "lowps" else "fp32",
+                                            force_precision=a.force_precision))
+        reports = []
+        for scorer in scorers:
+            if a.dataset == "bapps":
+                reports.append(evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
+                                              a.workers, progress=not a.quiet))
+            else:
+                direction = True if a.dataset == "mos" and a.higher_is_better is None else a.higher_is_better
+                if a.dataset != "mos":
+                    from .data.judgements import MOS_DIRECTION
+                    direction = MOS_DIRECTION.get(a.dataset, True)
+                reports.append(evaluate_judgements(a.dataset, records, scorer, higher_is_better=direction,
+                                                   resize=a.resize, bootstrap=a.bootstrap, seed=a.seed,
+                                                   batch_size=a.batch_size, device=a.device, num_workers=a.workers,
+                                                   progress=not a.quiet, source=source))
         if dist.is_available() and dist.is_initialized():
             rank = dist.get_rank()
             dist.barrier()
             dist.destroy_process_group()  # gloo aborts at interpreter exit if the group is left open
             if rank != 0:
                 return 0
-        print(format_table(report))
+        print(format_comparison(reports))
         if a.json:
-            with open(a.json, "w") as f:
-                json.dump(report, f, indent=1)
+            write_json(a.json, reports[0] if len(reports) == 1 else
+                       {"dataset": a.dataset, "reports": reports})
         if a.plot:
-            plot_report(report, a.plot)
+            plot_comparison(reports, a.plot)
         return 0
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError, OSError) as e:
         print(f"lowps-score: error: {e}", file=sys.stderr)
         return 2
 

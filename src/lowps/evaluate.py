@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from . import scoring
 from .data.bapps import JNDSet, TwoAFCSet, find_root, list_categories
 
-__all__ = ["Scorer", "build_scorer", "evaluate_bapps", "format_table", "plot_report", "BASELINES"]
+__all__ = ["Scorer", "build_scorer", "evaluate_bapps", "evaluate_judgements", "format_table", "format_comparison",
+           "plot_report", "plot_comparison", "BASELINES"]
 
-BASELINES = ("l2", "psnr", "ssim", "lpips-alex", "lpips-vgg", "lpips-squeeze")
+BASELINES = scoring.BASELINES
 
 
 @dataclass
@@ -161,6 +162,102 @@ def evaluate_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: 
     return report
 
 
+def _tuple_distances(ds: Dataset, scorer: Scorer, kind: str, batch_size: int, device: torch.device,
+                     num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
+    """Distances for every record of an :class:`~lowps.data.judgements.ImageTuples` set.
+
+    Records may differ in size from row to row (MOS sets at their native size): each loaded batch
+    is split into groups of one size before it reaches the metric. Under torchrun each rank takes
+    every world-th batch and rank 0 gathers.
+    """
+    rank, world = _dist_info()
+    batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
+    mine = batches[rank::world]
+    loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, collate_fn=list)
+    idx_out, d0_out, d1_out = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
+        groups: dict[tuple, list] = {}
+        for item in batch:
+            groups.setdefault(tuple(item[0].shape), []).append(item)
+        for items in groups.values():
+            ref = torch.stack([it[0] for it in items]).to(device)
+            idx_out += [it[-1] for it in items]
+            d0_out.append(scorer.fn(ref, torch.stack([it[1] for it in items]).to(device))[0].double().cpu())
+            if kind == "2afc":
+                d1_out.append(scorer.fn(ref, torch.stack([it[2] for it in items]).to(device))[0].double().cpu())
+    parts = {"idx": np.asarray(idx_out, dtype=np.int64), "d0": torch.cat(d0_out).numpy() if d0_out else np.zeros(0)}
+    if kind == "2afc":
+        parts["d1"] = torch.cat(d1_out).numpy() if d1_out else np.zeros(0)
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, parts)
+        parts = {k: np.concatenate([g[k] for g in gathered]) for k in parts}
+    order = np.argsort(parts["idx"], kind="stable")
+    return {k: v[order] for k, v in parts.items()}
+
+
+def _stats_2afc(d0: np.ndarray, d1: np.ndarray, h: np.ndarray) -> dict:
+    return {"n": len(h), "score": scoring.score_2afc(d0, d1, h),
+            "rank_correlation": scoring.finite_or_none(scoring.rank_correlation(d0, d1, h))}
+
+
+def evaluate_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_better: bool = True,
+                        resize: int | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 32,
+                        device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
+                        source: str = "", keep_distances: bool = False) -> dict:
+    """Score ``scorer`` on a judgement set read by :mod:`lowps.data.judgements`; returns the report.
+
+    2AFC sets (:class:`~lowps.data.judgements.Triplet` records): the BAPPS 2AFC score and the App. J
+    rank correlation, per category and over all triplets (``"all"``). MOS sets
+    (:class:`~lowps.data.judgements.Rated`): SRCC, KRCC, PLCC (5-parameter logistic) and RMSE, per
+    distortion type and overall. Every statistic gets a 95% percentile-bootstrap interval over
+    ``bootstrap`` resamples of reference images (``numpy.random.default_rng(seed)``).
+    """
+    from .data.judgements import ImageTuples, Triplet
+
+    if not records:
+        raise ValueError(f"{dataset}: no records to score")
+    kind = "2afc" if isinstance(records[0], Triplet) else "mos"
+    ds = ImageTuples(records, resize=resize)
+    d = _tuple_distances(ds, scorer, kind, batch_size, torch.device(device), num_workers, progress,
+                         f"{dataset}/{scorer.name}")
+    groups = np.asarray([str(r.ref) for r in records])
+    cats = np.asarray([r.category for r in records])
+    if kind == "2afc":
+        h = np.asarray([r.h for r in records], dtype=np.float64)
+
+        def stat(idx: np.ndarray) -> dict:
+            return _stats_2afc(d["d0"][idx], d["d1"][idx], h[idx])
+    else:
+        y = np.asarray([r.score for r in records], dtype=np.float64)
+
+        def stat(idx: np.ndarray) -> dict:
+            return scoring.mos_statistics(d["d0"][idx], y[idx], higher_is_better)
+
+    def entry(idx: np.ndarray, seed_offset: int) -> dict:
+        e = stat(idx)
+        e["ci95"] = scoring.bootstrap(lambda sub: stat(idx[sub]), groups[idx], n=bootstrap, seed=seed + seed_offset)
+        return e
+
+    report: dict = {"dataset": dataset, "kind": kind, "source": source, "config": scorer.config,
+                    "resize": resize, "bootstrap": {"n": bootstrap, "seed": seed, "level": 0.95,
+                                                    "unit": "reference image"},
+                    "batch_size": batch_size,
+                    "versions": {"lowps": _version(), "torch": torch.__version__,
+                                 "python": platform.python_version()}}
+    if kind == "mos":
+        report["higher_is_better"] = higher_is_better
+    report["all"] = entry(np.arange(len(records)), 0)
+    report["categories"] = {}
+    names = list(dict.fromkeys(cats.tolist()))
+    if names != ["all"]:
+        for k, c in enumerate(names):
+            report["categories"][c] = entry(np.nonzero(cats == c)[0], k + 1)
+    if keep_distances:
+        report["distances"] = {k: v.tolist() for k, v in d.items() if k != "idx"}
+    return report
+
+
 def _version() -> str:
     from . import __version__
 
@@ -182,6 +279,94 @@ def format_table(report: dict) -> str:
     for key, value in report["summary"].items():
         lines.append(f"{names[key]}: {100 * value:.2f}")
     return "\n".join(lines)
+
+
+def _headline(report: dict) -> tuple[str, float | None, list | None]:
+    """The statistic a comparison table leads with: 2AFC score (%) or SRCC."""
+    if report.get("dataset") == "bapps":
+        key = "all" if "all" in report["summary"] else next(iter(report["summary"]), None)
+        if key is not None:
+            return "2AFC %" if report["mode"] == "2afc" else "JND mAP %", 100 * report["summary"][key], None
+        first = next(iter(report["categories"].values()))
+        return "2AFC %" if report["mode"] == "2afc" else "JND mAP %", 100 * first["score"], None
+    a = report["all"]
+    if report["kind"] == "2afc":
+        ci = a["ci95"].get("score")
+        return "2AFC %", 100 * a["score"], [100 * v for v in ci] if ci else None
+    return "SRCC", a["srcc"], a["ci95"].get("srcc")
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def format_comparison(reports: list[dict]) -> str:
+    """One row per metric: the headline statistic with its 95% CI, then the others (MOS sets)."""
+    first = reports[0]
+    if first.get("dataset") == "bapps":
+        return "\n\n".join(format_table(r) for r in reports)
+    lines = [f"{first['dataset']} ({first['kind']}, n={first['all']['n']}, resize={first['resize']}, "
+             f"bootstrap {first['bootstrap']['n']} x reference images, seed {first['bootstrap']['seed']})"]
+    if first["kind"] == "2afc":
+        lines.append(f"{'metric':<34}{'2AFC %':>8}{'95% CI':>18}{'rank corr':>11}")
+        for r in reports:
+            a = r["all"]
+            ci = a["ci95"].get("score")
+            ci_s = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "n/a"
+            lines.append(f"{_name(r):<34}{100 * a['score']:>8.2f}{ci_s:>18}{_fmt(a['rank_correlation'], '.4f'):>11}")
+        cats = [c for c in first["categories"]]
+        if cats:
+            lines.append("per category (2AFC %): " + ", ".join(cats))
+            for r in reports:
+                lines.append(f"  {_name(r):<32}" + "".join(f"{100 * r['categories'][c]['score']:>9.2f}" for c in cats))
+    else:
+        lines.append(f"{'metric':<34}{'SRCC':>8}{'95% CI':>18}{'KRCC':>8}{'PLCC':>8}{'RMSE':>10}")
+        for r in reports:
+            a = r["all"]
+            ci = a["ci95"].get("srcc")
+            ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+            lines.append(f"{_name(r):<34}{_fmt(a['srcc'], '.4f'):>8}{ci_s:>18}{_fmt(a['krcc'], '.4f'):>8}"
+                         f"{_fmt(a['plcc'], '.4f'):>8}{_fmt(a['rmse'], '.4g'):>10}")
+        cats = [c for c in first["categories"]]
+        if cats:
+            lines.append("per distortion type (SRCC): " + ", ".join(cats))
+            for r in reports:
+                lines.append(f"  {_name(r):<32}" + "".join(f"{_fmt(r['categories'][c]['srcc'], '.3f'):>9}"
+                                                          for c in cats))
+    return "\n".join(lines)
+
+
+def _name(report: dict) -> str:
+    c = report["config"]
+    if c.get("metric") == "lowps":
+        return f"lowps:{c['backbone']}/{c['distance']}"
+    return str(c.get("metric"))
+
+
+def plot_comparison(reports: list[dict], path: str | os.PathLike[str]) -> None:
+    """A bar chart of each metric's headline statistic with its 95% bootstrap CI (needs matplotlib)."""
+    if reports[0].get("dataset") == "bapps" and len(reports) == 1:
+        return plot_report(reports[0], path)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib") from e
+    names = [_name(r) for r in reports]
+    heads = [_headline(r) for r in reports]
+    vals = [h[1] if h[1] is not None else 0.0 for h in heads]
+    err = [[max(0.0, v - h[2][0]) if h[2] else 0.0 for v, h in zip(vals, heads)],
+           [max(0.0, h[2][1] - v) if h[2] else 0.0 for v, h in zip(vals, heads)]]
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.8))
+    ax.bar(range(len(names)), vals, yerr=err, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{heads[0][0]} (95% bootstrap CI)")
+    ax.set_title(str(reports[0].get("dataset")))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_report(report: dict, path: str | os.PathLike[str]) -> None:

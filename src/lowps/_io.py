@@ -1,0 +1,69 @@
+"""Output files: strict JSON written atomically, and one error type for unwritable outputs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+__all__ = ["OutputError", "strict_json", "write_json", "write_text_atomic"]
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written; the message names the path and the fix."""
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by ``None`` (RFC 8259 JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        return strict_json(obj.item())
+    return obj
+
+
+def write_text_atomic(path: str | os.PathLike[str], write: Callable[[TextIO], None]) -> Path:
+    """Write through ``write(f)`` to a temporary file beside ``path``, then rename it into place.
+
+    An interrupted or failed write (Ctrl-C, full disk) leaves any previous file untouched and no
+    partial file behind.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"output {p} is a directory; give a file name (e.g. {p / 'out.json'})")
+    if p.exists() and not p.is_file():
+        raise OutputError(f"output {p} exists and is not a regular file (a device, FIFO or socket); give a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {p}: {e.strerror or e}; choose a writable location") from e
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {p}: {e.strerror or e}; choose a writable location with free space") from e
+        raise
+    return p
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> Path:
+    """Strict JSON (``null`` for NaN/inf), written atomically (:func:`write_text_atomic`)."""
+    data = strict_json(obj)
+    return write_text_atomic(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
