@@ -172,3 +172,78 @@ def test_lpips_as_loss_decreases():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0]
+
+
+# -- lpips's exported helpers: `import lowps as lpips` ----------------------------------------------
+
+def test_helpers_equal_lpips_on_test_arrays():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    b = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    t = torch.rand(2, 3, 8, 8) * 2 - 1
+    feat = torch.randn(2, 5, 4, 4)
+    assert torch.equal(lowps.im2tensor(a), lpips.im2tensor(a))
+    assert np.array_equal(lowps.tensor2im(t), lpips.tensor2im(t))
+    assert np.array_equal(lowps.tensor2np(t), lpips.tensor2np(t))
+    assert torch.equal(lowps.np2tensor(a.astype(np.float64)), lpips.np2tensor(a.astype(np.float64)))
+    assert torch.equal(lowps.normalize_tensor(feat), lpips.normalize_tensor(feat))
+    assert lowps.l2(a, b) == pytest.approx(lpips.l2(a, b), rel=1e-12)
+    assert lowps.psnr(a, b) == pytest.approx(lpips.psnr(a, b), rel=1e-12)
+    assert np.array_equal(lowps.tensor2vec(feat[:, :, :1, :1]), lpips.tensor2vec(feat[:, :, :1, :1]))
+    rec, prec = np.array([0.1, 0.4, 0.4, 0.9]), np.array([1.0, 0.7, 0.8, 0.5])
+    for v07 in (False, True):
+        assert lowps.voc_ap(rec, prec, v07) == pytest.approx(lpips.voc_ap(rec, prec, v07), rel=1e-12)
+    pytest.importorskip("skimage")
+    assert torch.allclose(lowps.tensor2tensorlab(t[:1]), lpips.tensor2tensorlab(t[:1]), atol=1e-6)
+    assert lowps.rgb2lab(a / 255.0).shape == (16, 16, 3)
+    from skimage.metrics import structural_similarity
+    assert lowps.dssim(a, b) == pytest.approx((1 - structural_similarity(a, b, data_range=255, channel_axis=-1)) / 2)
+
+
+def test_load_image_equals_a_plain_rgb_decode():
+    arr = lowps.load_image(IMAGES / "ref.png")
+    assert arr.dtype == np.uint8 and np.array_equal(arr, np.asarray(Image.open(IMAGES / "ref.png").convert("RGB")))
+
+
+def test_lpips_readme_two_image_flow_runs_with_import_lowps_as_lpips(tmp_path):
+    # lpips's README: load_image -> im2tensor -> LPIPS -> print (trunk random: no download here)
+    import subprocess
+    import sys
+    script = tmp_path / "lpips_2imgs.py"
+    script.write_text(
+        "import lowps as lpips\n"
+        "loss_fn = lpips.LPIPS(net='alex', version='0.1', pnet_rand=True, verbose=False)\n"
+        f"img0 = lpips.im2tensor(lpips.load_image({str(IMAGES / 'ref.png')!r}))\n"
+        f"img1 = lpips.im2tensor(lpips.load_image({str(IMAGES / 'blur.png')!r}))\n"
+        "dist01 = loss_fn.forward(img0, img1)\n"
+        "print('Distance: %.3f' % dist01)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "LOWPS_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("Distance: ")
+
+
+def test_one_image_against_a_batch_broadcasts_like_lpips():
+    ours, theirs = make_pair("alex", "0.1", True, False)
+    x, y = random_pair(64, 64)
+    one = x[:1]
+    got = ours(one * 2 - 1, y * 2 - 1)
+    assert got.shape == (2, 1, 1, 1)
+    assert torch.allclose(got, theirs(one * 2 - 1, y * 2 - 1), atol=1e-5)
+    assert torch.allclose(ours(y * 2 - 1, one * 2 - 1), got, atol=1e-6)
+
+
+def test_half_module_runs_like_lpips():
+    ours, theirs = make_pair("alex", "0.1", True, False)
+    x, y = random_pair(64, 64)
+    d32 = ours(x * 2 - 1, y * 2 - 1)
+    d16 = ours.half()(x.half() * 2 - 1, y.half() * 2 - 1)
+    assert d16.dtype == torch.float16 and torch.allclose(d16.float(), d32, rtol=2e-2, atol=1e-3)
+
+
+def test_offline_error_says_what_to_place_not_pnet_rand(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOWPS_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(Exception, match=r"233 MB.*place it at") as e:
+        lowps.LPIPS(net="alex", verbose=False)
+    assert "not LPIPS" in str(e.value)

@@ -5,7 +5,9 @@ better?" TMLR 2022. The public surface:
 
 * :class:`PerceptualDistance`: the metric as an ``nn.Module`` (backbone -> feature taps -> head);
 * :func:`distance`: the functional form with a cached module;
-* :class:`LPIPS`: a drop-in for ``lpips.LPIPS`` (same signature and numbers);
+* :class:`LPIPS`: a drop-in for ``lpips.LPIPS`` (same signature and numbers), with the helpers
+  ``lpips`` exports (``im2tensor``, ``load_image``, ``tensor2im``, ``psnr``, ...), so
+  ``import lowps as lpips`` runs lpips's scripts;
 * :mod:`lowps.weights`: the weights registry, downloads and checkpoint loading;
 * :mod:`lowps.backbones` / :mod:`lowps.heads`: the building blocks.
 """
@@ -17,6 +19,8 @@ from .functional import distance, get_metric
 from .heads import HEADS
 from .inputs import InputError
 from .lpips_compat import LPIPS
+from .lpips_utils import (dssim, im2tensor, l2, load_image, normalize_tensor, np2tensor, psnr, rgb2lab,  # noqa: F401
+                          tensor2im, tensor2np, tensor2tensorlab, tensor2vec, tensorlab2tensor, voc_ap)
 from .metric import PerceptualDistance
 from .pairwise import pairwise
 

@@ -60,15 +60,19 @@ def _torchvision_trunk(arch: str, pretrained: bool) -> nn.Sequential:
         return getattr(tvm, arch)(weights=None).features
     enum = getattr(tvm, _WEIGHT_ENUMS[arch]).IMAGENET1K_V1
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+    size = {"alexnet": "233 MB", "vgg16": "528 MB", "squeezenet1_1": "4.7 MB"}[arch]
+    place = (f"download {os.path.basename(enum.url)} ({size}, from {enum.url}) on a machine with network access "
+             f"and place it at {target} (or point TORCH_HOME at a folder holding checkpoints/{os.path.basename(enum.url)})")
     if offline() and not target.is_file():
-        raise OfflineError(f"LOWPS_OFFLINE is set and torchvision's {arch} weights are not cached: place "
-                           f"{os.path.basename(enum.url)} (from {enum.url}) at {target}, or pass pnet_rand=True")
+        raise OfflineError(f"LOWPS_OFFLINE is set and torchvision's {arch} ImageNet weights, which LPIPS needs, are "
+                           f"not cached: {place}. (pnet_rand=True gives a randomly initialised trunk: a different, "
+                           "uncalibrated metric, not LPIPS.) Or use lowps.PerceptualDistance(), whose weights ship "
+                           "with the package.")
     try:
         return getattr(tvm, arch)(weights=enum).features
     except Exception as e:  # URLError, OSError, ... from torch.hub
-        raise RuntimeError(f"could not load torchvision's {arch} ImageNet weights ({e}). Place "
-                           f"{os.path.basename(enum.url)} (from {enum.url}) at {target}, set TORCH_HOME, or pass "
-                           "pnet_rand=True for a random trunk") from e
+        raise RuntimeError(f"could not load torchvision's {arch} ImageNet weights, which LPIPS needs ({e}): {place}. "
+                           "(pnet_rand=True gives a random trunk: a different, uncalibrated metric, not LPIPS.)") from e
 
 
 class ScalingLayer(nn.Module):
@@ -241,8 +245,16 @@ class LPIPS(nn.Module):
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False,  # noqa: N803
                 normalize: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        if in0.ndim == 4 and in1.ndim == 4 and in0.shape[0] != in1.shape[0] and 1 in (in0.shape[0], in1.shape[0]):
+            # one image against a batch broadcasts, as in lpips
+            n = max(in0.shape[0], in1.shape[0])
+            in0, in1 = in0.expand(n, *in0.shape[1:]), in1.expand(n, *in1.shape[1:])
         x0, x1 = validate_pair(in0, in1, (0.0, 1.0) if normalize else (-1.0, 1.0), min_size=self.min_size,
                                check_values=self.check_inputs)
+        param = next(self.net.parameters())
+        if x0.dtype != param.dtype:
+            if x0.is_floating_point() and param.dtype in (torch.float16, torch.bfloat16, torch.float64):
+                x0, x1 = x0.to(param.dtype), x1.to(param.dtype)  # after .half()/.double(), as lpips
         if normalize:  # [0, 1] -> [-1, 1]
             x0, x1 = 2 * x0 - 1, 2 * x1 - 1
         if self.version == "0.1" and self.scaling_layer is not None:
@@ -254,7 +266,7 @@ class LPIPS(nn.Module):
             f0, f1 = feats[k][:n], feats[k][n:]
             wide = f0.dtype if f0.dtype in (torch.float32, torch.float64) else torch.float32
             diff = (unit_normalize(f0.to(wide)) - unit_normalize(f1.to(wide))) ** 2
-            d = self.lins[k](diff) if self.lpips else diff.sum(1, keepdim=True)
+            d = self.lins[k](diff.to(self.lins[k].conv.weight.dtype)) if self.lpips else diff.sum(1, keepdim=True)
             if self.spatial:
                 d = F.interpolate(d, size=tuple(x0.shape[2:]), mode="bilinear", align_corners=False)
             else:
