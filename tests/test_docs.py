@@ -45,3 +45,26 @@ def test_readme_usage_block_runs(tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.fullmatch(r"tensor\(\[\d\.\d+e?-?\d*\]\)\n", r.stdout), r.stdout
+
+
+PAPER = ROOT / ".." / "shared" / "paper" / "kumar2022-better-imagenet-classifiers-perceptual-similarity.txt"
+# Docs that state the paper's findings. Every perceptual-score-like figure (60.0-80.0, one decimal)
+# they name must be in the paper's text, and each such line must cite where (table/section/figure).
+PAPER_CLAIM_DOCS = ["README.md", "docs/index.md", "docs/concepts.md", "docs/faq.md"]
+
+
+def test_paper_figures_in_docs_are_the_papers():
+    import re
+
+    if not PAPER.is_file():
+        pytest.skip(f"the paper's text is not at {PAPER} (shared data absent)")
+    paper = PAPER.read_text()
+    for doc in PAPER_CLAIM_DOCS:
+        # a table row or a paragraph: the unit that must carry the citation
+        for block in re.split(r"\n\s*\n|\n(?=\|)", (ROOT / doc).read_text()):
+            figures = [f for f in re.findall(r"(?<![\d.])(\d{2}\.\d)(?![\d%])", block) if 60 <= float(f) <= 80]
+            for f in figures:
+                assert f in paper, f"{doc}: {f} is not a figure in the paper: {block.strip()[:200]}"
+            if figures:
+                assert re.search(r"Table \d|sec\. \d|Fig\. \d|app\. [A-Z]|App\. [A-Z]", block), \
+                    f"{doc}: a paper figure without its table/section: {block.strip()[:200]}"
