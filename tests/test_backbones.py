@@ -231,3 +231,47 @@ def test_small_map_nchw_path_matches_channels_last_and_tracks_weight_changes():
             stage[0].small_map_pixels = 0
         assert _close(edited, model.forward_stages(x)[-1])
         assert not _close(edited, fast[-1])
+
+
+@pytest.mark.parametrize("arch", ["resnet6", "resnet18_tpu"])
+def test_random_init_follows_the_tpu_code(arch):
+    # TF variance_scaling_initializer(): fan-in, truncated at 2 std, sample std sqrt(1 / fan_in)
+    bb = create_backbone(arch, num_classes=10, seed=0)
+    convs = [m for m in bb.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        w = conv.weight.detach()
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        target = (1 / fan_in) ** 0.5
+        if w.numel() >= 1000:  # enough samples for a 10% check of the std
+            assert abs(w.std().item() / target - 1) < 0.1, (conv, w.std().item(), target)
+        assert w.abs().max().item() <= 2 * target / 0.87962566103423978 + 1e-7  # truncated at 2 (rescaled) std
+    stem = bb.model.conv1.weight
+    assert abs(stem.std().item() - 0.0825) < 0.008
+    assert abs(bb.model.fc.weight.std().item() - 0.01) < 0.002 and bb.model.fc.bias.abs().max() == 0
+
+
+def test_random_init_is_thread_safe_and_leaves_the_global_rng_alone():
+    import threading
+    serial = create_backbone("resnet6", seed=0).model.conv1.weight.detach().clone()
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    out = [None] * 8
+
+    def build(k):
+        out[k] = create_backbone("resnet6", seed=0).model.conv1.weight.detach().clone()
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(w, serial) for w in out)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is unchanged
+
+
+def test_classifier_bias_is_weight_decayed_as_in_the_tpu_code():
+    from lowps.train.backbone import _param_groups
+    model = create_backbone("resnet6", num_classes=5).model
+    decay, no_decay = _param_groups(model, 1e-4)
+    assert any(p is model.fc.bias for p in decay["params"])
+    assert all(p.ndim == 1 for p in no_decay["params"]) and any(p is model.bn1.weight for p in no_decay["params"])

@@ -38,10 +38,10 @@ def test_meanpool_head_formula():
 def test_style_gram_is_normalised_by_positions():
     # documented choice: G = U U^T / (H W) with unit-normalised U, so entries lie in [-1, 1]
     f = torch.rand(2, 4, 8, 8) * 100
-    g = StyleHead.gram(f)
+    g = StyleHead([4]).gram(f)
     assert g.shape == (2, 4, 4) and float(g.abs().max()) <= 1 + 1e-6
     # size independence: tiling the same pattern does not change the Gram matrix
-    assert torch.allclose(StyleHead.gram(f.repeat(1, 1, 2, 2)), g, atol=1e-6)
+    assert torch.allclose(StyleHead([4]).gram(f.repeat(1, 1, 2, 2)), g, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(5, 8, 6, 6), (5, 64, 2, 3), (5, 32, 4, 4)])  # n >= C, n < C, n < C
@@ -56,12 +56,13 @@ def test_style_head_equals_direct_gram_formula(shape):
     ua, ub = unit_normalize(a).double().flatten(2), unit_normalize(b).double().flatten(2)
     ga, gb = ua @ ua.transpose(1, 2) / n, ub @ ub.transpose(1, 2) / n
     want = (ga - gb).pow(2).sum((1, 2)) / (c * c)
-    head = StyleHead([c])
-    head.chunk_elements = 2 * c * c  # several chunks on the C x C path
-    got = head([a], [b], [0])[:, 0]
-    assert got.dtype == torch.float32
-    assert torch.allclose(got.double(), want, rtol=1e-5, atol=0)
-    assert torch.equal(head([a], [a], [0]), torch.zeros(5, 1))
+    for norm, scale in (("hw", 1.0), ("none", float(n * n))):  # without / (H W): G grows by HW, d by (HW)^2
+        head = StyleHead([c], style_norm=norm)
+        head.chunk_elements = 2 * c * c  # several chunks on the C x C path
+        got = head([a], [b], [0])[:, 0]
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), want * scale, rtol=1e-5, atol=0)
+        assert torch.equal(head([a], [a], [0]), torch.zeros(5, 1))
 
 
 def test_linear_head_with_ones_equals_local():
@@ -97,3 +98,44 @@ def test_unknown_head_lists_choices():
 
 def test_heads_registry():
     assert set(HEADS) == {"local", "meanpool", "style", "linear"}
+
+
+def test_style_norm_is_switchable_and_checked():
+    import lowps
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    hw = lowps.PerceptualDistance(distance="style", weights="random")
+    none = lowps.PerceptualDistance(distance="style", weights="random", style_norm="none")
+    _, per_hw = hw(x, y, per_layer=True)
+    _, per_none = none(x, y, per_layer=True)
+    sizes = {"stage1": 16 * 16, "stage2": 8 * 8, "stage3": 4 * 4, "stage4": 2 * 2}
+    for k, n in sizes.items():  # per layer the two differ by exactly (H W)^2
+        assert torch.allclose(per_none[k], per_hw[k] * n * n, rtol=1e-4)
+    with pytest.raises(ValueError, match="style_norm"):
+        lowps.PerceptualDistance(distance="style", weights="random", style_norm="gatys")
+    with pytest.raises(ValueError, match="applies to distance='style'"):
+        lowps.PerceptualDistance(distance="local", weights="random", style_norm="none")
+
+
+def test_linear_head_dropout_in_train_mode_only():
+    a, b = feats(0), feats(1)
+    head = LinearHead(CH)
+    head.dropout = 0.5
+    ref = head.eval()(a, b, [0, 1])
+    assert torch.equal(head(a, b, [0, 1]), ref)  # eval: no dropout, deterministic
+    head.train()
+    torch.manual_seed(0)
+    d1 = head(a, b, [0, 1])
+    torch.manual_seed(1)
+    d2 = head(a, b, [0, 1])
+    assert not torch.equal(d1, d2) and not torch.equal(d1, ref)
+
+
+def test_linear_head_lr_schedule_is_lpips_train_script():
+    from lowps.train.linear import lr_factor
+    # lpips train.py, nepoch=5, nepoch_decay=5: update_learning_rate after each 1-based epoch > 5
+    lr, rates = 1.0, []
+    for epoch in range(1, 11):
+        rates.append(lr)
+        if epoch > 5:
+            lr -= 1.0 / 5
+    assert [lr_factor(e, 5, 5) for e in range(10)] == pytest.approx(rates)

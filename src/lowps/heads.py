@@ -7,9 +7,11 @@ Every head maps features ``f0[l], f1[l]`` of shape (N, C_l, H_l, W_l) to per-lay
 * ``linear`` (LPIPS with learned weights): ``mean_hw sum_c w_c (u(f0) - u(f1))_c^2``, ``w >= 0``.
 * ``meanpool``: ``(1/C) || u(mean_hw f0) - u(mean_hw f1) ||^2`` (the paper's best, PS 70.2).
 * ``style``: ``(1/C^2) || G0 - G1 ||_F^2`` with ``G = U U^T / (H W)`` and ``U = u(f)`` flattened to
-  C x HW. The paper leaves the 1/(HW) open; lowps divides (as Gatys et al.) so a Gram entry is a mean
-  over positions of a product of unit vectors' components and lies in [-1, 1], independent of image
-  size.
+  C x HW. The paper (sec. 8.1) leaves the 1/(HW) open; lowps divides by default (``style_norm="hw"``,
+  as Gatys et al.), so a Gram entry is a mean over positions and lies in [-1, 1], independent of image
+  size. ``style_norm="none"`` drops the division: each layer's distance then grows with its (H W)^2,
+  so the large early maps dominate (at 64x64, stage 1 carries 96-98% of the distance instead of
+  44-76%) and about 1% of 2AFC decisions flip (docs/concepts.md).
 
 Heads always compute in float32 or wider, also under autocast: the normalisation and squared
 differences lose too much in bf16/fp16.
@@ -90,6 +92,8 @@ class LinearHead(LocalHead):
     """LPIPS-style learned weights: one non-negative 1x1 conv (no bias) per layer, keys ``lin{l}.weight``."""
 
     name = "linear"
+    #: Dropout probability before each 1x1 conv while training (LPIPS uses 0.5); inactive in eval mode.
+    dropout: float = 0.0
 
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__(channels)
@@ -99,7 +103,10 @@ class LinearHead(LocalHead):
 
     def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         w = getattr(self, f"lin{i}").weight
-        return F.conv2d((unit_normalize(a) - unit_normalize(b)).pow(2), w.to(a.dtype))
+        diff = (unit_normalize(a) - unit_normalize(b)).pow(2)
+        if self.training and self.dropout > 0:
+            diff = F.dropout(diff, self.dropout, training=True)
+        return F.conv2d(diff, w.to(a.dtype))
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -129,11 +136,18 @@ class MeanPoolHead(Head):
 
 class StyleHead(Head):
     name = "style"
+    NORMS = ("hw", "none")
 
-    @staticmethod
-    def gram(f: torch.Tensor) -> torch.Tensor:
+    def __init__(self, channels: Sequence[int], style_norm: str = "hw") -> None:
+        super().__init__(channels)
+        if style_norm not in self.NORMS:
+            raise ValueError(f"unknown style_norm {style_norm!r}; choose 'hw' (Gram / (H W), the default) or 'none'")
+        self.style_norm = style_norm
+
+    def gram(self, f: torch.Tensor) -> torch.Tensor:
         u = unit_normalize(f).flatten(2)
-        return u @ u.transpose(1, 2) / u.shape[2]
+        g = u @ u.transpose(1, 2)
+        return g / u.shape[2] if self.style_norm == "hw" else g
 
     #: Pairs per Gram computation are bounded so the C x C matrices stay cache-sized (floats per chunk).
     chunk_elements: int = 2 ** 18
@@ -164,14 +178,18 @@ class StyleHead(Head):
                 gram_diff = torch.baddbmm(diff @ xa.transpose(1, 2), xb, diff.transpose(1, 2))  # n (Ga - Gb)
                 parts.append(torch.linalg.vector_norm(gram_diff, dim=(1, 2)).square())
             d = torch.cat(parts)
-        return d / (n * n * c * c)
+        return d / (n * n * c * c) if self.style_norm == "hw" else d / (c * c)
 
 
 HEADS: dict[str, type[Head]] = {h.name: h for h in (LocalHead, MeanPoolHead, StyleHead, LinearHead)}
 
 
-def create_head(name: str, channels: Sequence[int]) -> Head:
+def create_head(name: str, channels: Sequence[int], style_norm: str = "hw") -> Head:
     """Build a head by name: one of ``local``, ``meanpool``, ``style``, ``linear``."""
     if name not in HEADS:
         raise ValueError(f"unknown distance {name!r}; choose one of {', '.join(HEADS)}")
+    if name == "style":
+        return StyleHead(channels, style_norm=style_norm)
+    if style_norm != "hw":
+        raise ValueError(f"style_norm applies to distance='style', not {name!r}")
     return HEADS[name](channels)

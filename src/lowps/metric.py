@@ -68,6 +68,8 @@ class PerceptualDistance(nn.Module):
             ``force_precision=True``. Distances move by a few percent (bounded in
             ``tests/test_metric.py``), so keep one precision within one experiment.
         force_precision: run ``precision`` even where it is emulated (slow) on this CPU.
+        style_norm: for ``distance="style"``: ``"hw"`` (default) divides each Gram matrix by H x W,
+            ``"none"`` does not (the paper leaves it open, sec. 8.1; what changes: docs/concepts.md).
         check_inputs: check every batch for NaN/inf and for values outside ``input_range``
             (one reduction per call; switch off only in tight training loops with trusted data).
 
@@ -79,8 +81,9 @@ class PerceptualDistance(nn.Module):
                  layers: Sequence[str | int] | None = None,
                  input_range: tuple[float, float] | str = (0.0, 1.0),
                  head_weights: WeightsSpec = None, check_inputs: bool = True,
-                 precision: str = "fp32", force_precision: bool = False) -> None:
+                 precision: str = "fp32", force_precision: bool = False, style_norm: str = "hw") -> None:
         super().__init__()
+        self._style_norm = style_norm
         # Built outside inference mode whatever the caller's mode: parameters and buffers made under
         # torch.inference_mode() are inference tensors that no later autograd call may use.
         with torch.inference_mode(False):
@@ -99,7 +102,8 @@ class PerceptualDistance(nn.Module):
         self.precision = "fp32"  # what the trunk runs in; set by _set_trunk_precision below
         self.check_inputs = check_inputs
         self.backbone: Backbone = wts.build_backbone(backbone, weights)
-        self.head: Head = create_head(distance, [layer.channels for layer in self.backbone.layers])
+        self.head: Head = create_head(distance, [layer.channels for layer in self.backbone.layers],
+                                      style_norm=self._style_norm)
         if isinstance(self.head, LinearHead):
             if head_weights is None:
                 raise ValueError("distance='linear' needs trained weights: pass head_weights=<file or registry "

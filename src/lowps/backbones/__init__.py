@@ -17,6 +17,7 @@ Names are timm registry names: importing :mod:`lowps` registers lowps' own model
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -38,6 +39,7 @@ LOWPS_BACKBONES = ("resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu", "resne
                    "vit_base_patch8_64", "vit_large_patch4_64")
 
 _CNN_REDUCTIONS = (4, 8, 16, 32)
+_TPU_ARCHS = ("resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu")
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,15 @@ def _timm_name(name: str) -> str:
     return name[len("timm:"):] if name.startswith("timm:") else name
 
 
+_SEED_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    # Random-init backbones are a baseline in the paper; make them the same network every time.
-    with torch.random.fork_rng(devices=[]):
+    # Random-init backbones are a baseline in the paper; make them the same network every time. timm
+    # models draw from the global RNG: seed it inside a lock (threads building at once get the same
+    # network as a serial build) and restore its state afterwards (callers' streams are unchanged).
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
@@ -122,7 +129,8 @@ def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
             f"unknown backbone {name!r}. lowps backbones: {', '.join(LOWPS_BACKBONES)}; any timm model "
             f"name also works (timm.list_models())." + (f" Similar timm names: {', '.join(close)}" if close else ""))
     with _seeded(seed):
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        extra = {"init_seed": seed} if arch in _TPU_ARCHS else {}
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))

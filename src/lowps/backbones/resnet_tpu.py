@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["TPUResNet", "tf_same_max_pool"]
+__all__ = ["TPUResNet", "tf_same_max_pool", "tf_variance_scaling_"]
 
 # TF batch-norm decay 0.9 == PyTorch momentum 0.1; eps as in the TPU code's BN (1e-5).
 _BN_MOMENTUM = 0.1
@@ -53,6 +53,23 @@ def _even_max_pool_lowp(x: torch.Tensor) -> torch.Tensor:
     b = torch.maximum(a[..., 0::2, :], a[..., 1::2, :])
     b[..., :-1, :] = torch.maximum(b[..., :-1, :], a[..., 2::2, :])
     return b
+
+
+# TF's truncated normal keeps |x| < 2 std; rescaling by this factor restores the intended std.
+_TRUNC_STD = 0.87962566103423978
+
+
+@torch.no_grad()
+def tf_variance_scaling_(w: torch.Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """TF's ``variance_scaling_initializer()`` (fan-in, truncated normal), in place.
+
+    Samples a normal truncated at 2 std with ``std = sqrt(scale / fan_in) / 0.8796...`` so the
+    truncated samples' std is ``sqrt(scale / fan_in)``, as TF does (Kumar et al. 2022 trained with
+    the TPU ResNet code, which initialises every conv this way).
+    """
+    fan_in = w.shape[1] * w[0, 0].numel()
+    std = (scale / fan_in) ** 0.5 / _TRUNC_STD
+    return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
 def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
@@ -192,12 +209,18 @@ class TPUResNet(nn.Module):
         layers: blocks per stage, e.g. ``(1, 1, 1, 1)``.
         block: ``"single"`` (ResNet-6), ``"basic"`` or ``"bottleneck"``.
         num_classes: classifier outputs; 0 for no classifier.
+        init: ``"tpu"`` (default): as the TPU ResNet code the paper trained with, convs from TF's
+            ``variance_scaling_initializer()`` (fan-in, scale 1, normal truncated at 2 std and rescaled
+            so the samples' std is sqrt(1/fan_in): 0.082 for the 7x7x3 stem), the classifier from
+            normal(std 0.01) with zero bias; ``"kaiming"``: Kaiming fan-out normal (lowps < 0.2).
+        init_seed: seed of a local ``torch.Generator`` for the init (``None``: the global RNG), so
+            seeded random networks never touch or depend on the global random stream.
     """
 
     widths = (64, 128, 256, 512)
 
     def __init__(self, layers: Sequence[int], block: str = "basic", num_classes: int = 1000,
-                 in_chans: int = 3, **_: object) -> None:
+                 in_chans: int = 3, init: str = "tpu", init_seed: int | None = None, **_: object) -> None:
         super().__init__()
         if block not in _BLOCKS:
             raise ValueError(f"unknown block {block!r}; expected one of {sorted(_BLOCKS)}")
@@ -216,11 +239,17 @@ class TPUResNet(nn.Module):
         self.stage_reductions = [4, 8, 16, 32]
         self.num_classes = num_classes
         self.fc = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        if init not in ("tpu", "kaiming"):
+            raise ValueError(f"unknown init {init!r}; choose 'tpu' (the TPU ResNet code's) or 'kaiming'")
+        gen = torch.Generator().manual_seed(init_seed) if init_seed is not None else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if init == "tpu":
+                    tf_variance_scaling_(m.weight, generator=gen)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
         if isinstance(self.fc, nn.Linear):
-            nn.init.normal_(self.fc.weight, std=0.01)
+            nn.init.normal_(self.fc.weight, std=0.01, generator=gen)
             nn.init.zeros_(self.fc.bias)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:

@@ -122,10 +122,13 @@ def _lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> fl
 
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        # No weight decay on BN parameters and biases (TPU ResNet recipe).
-        (no_decay if p.ndim <= 1 else decay).append(p)
+    # As the TPU ResNet code: weight decay on every trainable variable except BatchNorm's gamma/beta
+    # (its loss adds L2 for all variables whose name lacks "batch_normalization"), so the classifier's
+    # bias is decayed too.
+    bn_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 for p in m.parameters(recurse=False)}
+    decay = [p for p in model.parameters() if id(p) not in bn_params]
+    no_decay = [p for p in model.parameters() if id(p) in bn_params]
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -24,7 +24,7 @@ from ..heads import LinearHead
 from ..metric import PerceptualDistance
 from ..weights.hub import sha256_file
 
-__all__ = ["Dist2Logit", "train_linear"]
+__all__ = ["Dist2Logit", "train_linear", "lr_factor"]
 
 
 class Dist2Logit(nn.Module):
@@ -41,6 +41,16 @@ class Dist2Logit(nn.Module):
         return self.net(x).squeeze(1)  # logits; BCE-with-logits is the stable form of sigmoid + BCE
 
 
+def lr_factor(epoch: int, epochs: int, decay_epochs: int) -> float:
+    """The learning-rate factor of 0-based ``epoch``, exactly as LPIPS's train script schedules it.
+
+    lpips ``train.py`` calls ``update_learning_rate`` at the end of every 1-based epoch > ``nepoch``,
+    lowering the rate by ``lr / nepoch_decay`` each time: epochs 1..nepoch+1 run at the full rate, then
+    (for 5 + 5) 0.8, 0.6, 0.4, 0.2 of it.
+    """
+    return 1.0 if epoch <= epochs else max(0.0, 1 - (epoch - epochs) / decay_epochs)
+
+
 def train_linear(backbone: str, bapps_root: str | None, out: str, weights: str | None = None,
                  split: str = "train", categories: list[str] | None = None, epochs: int = 5,
                  decay_epochs: int = 5, lr: float = 1e-4, beta1: float = 0.5, batch_size: int = 50,
@@ -53,12 +63,13 @@ def train_linear(backbone: str, bapps_root: str | None, out: str, weights: str |
     metric = PerceptualDistance(backbone, "linear", weights=weights, head_weights="ones").to(device)
     head: LinearHead = metric.head  # type: ignore[assignment]
     head.requires_grad_(True)
+    head.dropout = 0.5  # LPIPS's NetLinLayer: Dropout(0.5) before each 1x1 conv, active in train mode only
+    head.train()
     rank_net = Dist2Logit().to(device)
     params = list(head.parameters()) + list(rank_net.parameters())
     opt = torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999))
     total = epochs + decay_epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda e: 1.0 if e < epochs else max(0.0, 1 - (e - epochs + 1) / (decay_epochs + 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, epochs, decay_epochs))
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(seed))
     loss_fn = nn.BCEWithLogitsLoss()
