@@ -140,3 +140,57 @@ def test_input_range_must_be_finite():
     for bad in [(0, float("inf")), (float("-inf"), 1), (0, float("nan"))]:
         with pytest.raises(InputError, match="finite"):
             parse_input_range(bad)
+
+
+# -- the one image decoder: files with known pixel values -------------------------------------------
+
+def test_exif_orientation_is_applied(tmp_path):
+    from lowps.inputs import load_image
+    arr = np.zeros((32, 64, 3), np.uint8)  # stored 32 high, 64 wide; left half bright
+    arr[:, :32] = 255
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 8  # rotate 90 CW to display -> displays 64 high, 32 wide
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    x = load_image(tmp_path / "rot.jpg")
+    assert x.shape == (3, 64, 32)
+    assert x[:, 40:, :].mean() > 0.9 and x[:, :24, :].mean() < 0.1  # the bright half is now at the bottom
+
+
+def test_16bit_and_float_images_keep_their_values(tmp_path):
+    from lowps.inputs import load_image
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    x = load_image(tmp_path / "g16.png")
+    assert x.shape == (3, 64, 64) and torch.allclose(x[0], torch.from_numpy(ramp / 65535.0).float(), atol=1e-6)
+    f = np.linspace(0, 1, 64 * 64).reshape(64, 64).astype(np.float32)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tif")
+    y = load_image(tmp_path / "f.tif")
+    assert torch.allclose(y[1], torch.from_numpy(f), atol=1e-7)
+    im16 = Image.open(tmp_path / "g16.png")
+    assert torch.allclose(to_tensor(im16)[0], x[0])  # a PIL image in memory decodes the same
+
+
+def test_rgba_is_composited_so_hidden_pixels_do_not_count(tmp_path):
+    from lowps.inputs import ALPHA_BACKGROUND, load_image
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 100
+    rgba[..., 3] = 255
+    rgba[:, :16, 3] = 0  # transparent strip
+    hidden = rgba.copy()
+    hidden[:, :16, :3] = 250  # differs only where alpha is 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(hidden, "RGBA").save(tmp_path / "b.png")
+    a, b = load_image(tmp_path / "a.png"), load_image(tmp_path / "b.png")
+    assert torch.equal(a, b) and a[:, :, :16].eq(ALPHA_BACKGROUND).all()
+    assert lowps.distance(tmp_path / "a.png", tmp_path / "b.png").item() == 0
+
+
+def test_non_regular_files_are_refused_not_read(tmp_path):
+    import os
+    from lowps.inputs import load_image
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(InputError, match="not a regular file"):
+        load_image(tmp_path / "pipe.png")  # would block forever if opened
+    with pytest.raises(InputError, match="not a regular file"):
+        load_image(tmp_path)

@@ -41,19 +41,76 @@ def parse_input_range(input_range: tuple[float, float] | str) -> tuple[float, fl
     return lo, hi
 
 
+#: The background that transparent pixels are composited over (straight alpha): white, as image
+#: viewers show transparency on a page. Two images that differ only where alpha is 0 are equal.
+ALPHA_BACKGROUND = 1.0
+
+
+def pil_to_tensor(im: Any) -> torch.Tensor:
+    """A PIL image as a float tensor (3, H, W) in [0, 1], at its full bit depth, as it displays.
+
+    EXIF orientation is applied; 16-bit greyscale (``I;16``, ``I``) is scaled by 65535 and 32-bit
+    float (``F``) taken as [0, 1] (not clipped to 8 bits, as ``convert("RGB")`` would); palette and
+    greyscale images become RGB; alpha (RGBA, LA, PA, palette transparency) is composited over
+    :data:`ALPHA_BACKGROUND`.
+    """
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint16).astype(np.float32) / 65535.0)[None]
+    elif mode == "I":
+        a = np.asarray(im, dtype=np.int64)
+        peak = 65535.0 if a.max(initial=0) > 255 else 255.0  # PNG 16-bit greyscale often decodes as "I"
+        x = torch.from_numpy(a.astype(np.float32) / peak)[None]
+    elif mode == "F":
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())[None]
+    else:
+        if mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")
+        elif mode == "PA":
+            im = im.convert("RGBA")
+        has_alpha = im.mode in ("RGBA", "LA")
+        if not has_alpha and im.mode != "RGB":
+            im = im.convert("RGB")
+        a = np.asarray(im)
+        x = torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1) if a.ndim == 3 else \
+            torch.from_numpy(a.astype(np.float32) / 255.0)[None]
+        if has_alpha:
+            color, alpha = x[:-1], x[-1:]
+            x = color * alpha + ALPHA_BACKGROUND * (1 - alpha)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return x.contiguous()
+
+
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read an image file as a float tensor (3, H, W) in [0, 1] (greyscale and RGBA become RGB)."""
+    """Read an image file as a float tensor (3, H, W) in [0, 1], as it displays (see :func:`pil_to_tensor`).
+
+    The one decoder for the module, the CLIs and every dataset reader. Refuses anything that is not
+    a regular file (a FIFO or device would block the read forever).
+    """
+    import stat
+
     from PIL import Image
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"image file not found: {p}")
+    try:
+        st = p.stat()
+    except OSError:
+        raise InputError(f"image file not found: {p}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{p} is not a regular file (a folder, FIFO or device); pass an image file")
     try:
         with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"))
+            im.load()
+            x = pil_to_tensor(im)
     except Exception as e:  # PIL raises several types for unreadable files
         raise InputError(f"cannot read image {p}: {e}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"image {p} holds NaN or inf values")
+    return x
 
 
 def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
@@ -77,7 +134,7 @@ def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> 
             raise InputError(f"numpy image must be H x W x 3 or H x W, got shape {img.shape}")
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
     elif type(img).__module__.startswith("PIL."):
-        x = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).float().div_(255)
+        x = pil_to_tensor(img)
     else:
         raise InputError(f"cannot use {type(img).__name__} as an image; pass a torch tensor, PIL image, "
                          "uint8 numpy array or file path")

@@ -140,3 +140,22 @@ def test_cli_weights_list_download_verify_path(remote_entry, capsys):
     assert main(["weights", "verify", "test-remote"]) == 0
     assert remote_entry[0].sha256 in capsys.readouterr().out
     assert main(["weights", "path", "test-remote"]) == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"<html><body>login</body></html>", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_corrupt_weights_files_give_a_clear_error(tmp_path, content):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(content)
+    with pytest.raises(lowps.weights.WeightsError, match=r"bad.safetensors is not a valid safetensors file"):
+        lowps.PerceptualDistance(weights=str(p))
+
+
+def test_nan_weights_are_refused_at_load(tmp_path):
+    from lowps.backbones import create_backbone
+    bb = create_backbone("resnet6")
+    with torch.no_grad():
+        bb.model.conv1.weight[0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    lowps.weights.save_checkpoint(path, bb.model, arch="resnet6", num_classes=0)
+    with pytest.raises(lowps.weights.WeightsError, match="NaN or inf"):
+        lowps.PerceptualDistance(weights=str(path))

@@ -157,9 +157,14 @@ def load_state_dict(spec: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(p), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # SafetensorError: corrupt, truncated, empty, or an HTML page saved as weights
+            raise WeightsError(f"{p} is not a valid safetensors file ({e}): it is corrupt, truncated or not "
+                               "weights at all (e.g. an HTML page); delete it and download or export it "
+                               "again") from e
     elif p.suffix in (".pth", ".pt", ".bin"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -173,6 +178,10 @@ def load_state_dict(spec: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         state, meta = obj, {}
     else:
         raise WeightsError(f"{p}: unknown weights format {p.suffix!r}; use .safetensors (or .pth/.pt)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"{p}: tensors {bad[:5]} hold NaN or inf values; these weights would give NaN "
+                           "distances. Use another checkpoint (a diverged training run writes such files)")
     if entry is not None:
         meta.setdefault("lowps_name", entry.name)
         meta.setdefault("arch", entry.arch)
