@@ -2,7 +2,14 @@
 
     python benchmarks/bench_distance.py [--device cpu|cuda] [--sizes 64 256 512 96x160]
         [--batches 1 32 256] [--metrics lpips-alex lowps:meanpool lowps:meanpool:bf16 ...]
-        [--memory] [--json FILE] [--quick]
+        [--backward] [--memory] [--roofline] [--json FILE] [--quick]
+
+``--backward`` times what a training loss does: forward plus backward to the first image (frozen
+weights), outside inference mode; a metric spec ending in ``:ac`` runs under bf16 autocast
+(``lpips-alex:ac``, ``lowps:meanpool:ac``). ``--roofline`` adds, for each lowps row, the achieved
+multiply-adds per second (MACs per call counted by ``torch.utils.flop_counter``) and their fraction
+of this machine's measured conv peak: a large 3x3 convolution (batch 32, 256 -> 256 channels, 28x28,
+channels_last, fp32; bf16 for bf16 rows) timed in the same run.
 
 LPIPS runs from the `lpips` package with random trunks (speed only: weights do not change the
 work). lowps runs its default backbone with every head as users get it (``PerceptualDistance``:
@@ -33,19 +40,87 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make(name: str, device: str):
+    """The metric of a spec: ``lpips-NET[:ac]`` or ``lowps:HEAD[:PRECISION][:ac]`` (``ac``: bf16 autocast)."""
     warnings.filterwarnings("ignore")
-    if name.startswith("lpips-"):
+    parts = name.split(":")
+    autocast = parts[-1] == "ac"
+    if autocast:
+        parts = parts[:-1]
+    if parts[0].startswith("lpips-"):
         import lpips
 
-        net = lpips.LPIPS(net=name.split("-")[1], pnet_rand=True, verbose=False).to(device).eval()
-        return lambda a, b: net(a, b, normalize=True)
-    import lowps
+        net = lpips.LPIPS(net=parts[0].split("-")[1], pnet_rand=True, verbose=False).to(device).eval()
+        net.requires_grad_(False)
+        fn = lambda a, b: net(a, b, normalize=True)  # noqa: E731
+    else:
+        import lowps
 
-    _, head, *prec = name.split(":")
-    extra = {"head_weights": "ones"} if head == "linear" else {}
-    weights = os.environ.get("LOWPS_BENCH_WEIGHTS") or None
-    return lowps.PerceptualDistance(distance=head, weights=weights, precision=prec[0] if prec else "fp32",
-                                    **extra).to(device)
+        _, head, *prec = parts
+        extra = {"head_weights": "ones"} if head == "linear" else {}
+        weights = os.environ.get("LOWPS_BENCH_WEIGHTS") or None
+        # forced: the benchmark measures the precision it names, also on CPUs where lowps would fall back
+        fn = lowps.PerceptualDistance(distance=head, weights=weights, precision=prec[0] if prec else "fp32",
+                                      force_precision=True, **extra).to(device)
+    if not autocast:
+        return fn
+
+    def with_autocast(a, b):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            return fn(a, b)
+    return with_autocast
+
+
+def run_once(fn, x, y, backward: bool):
+    """One metric call as the benchmark times it: inference, or forward + backward to ``x``."""
+    if not backward:
+        with torch.inference_mode():
+            return fn(x, y)
+    xg = x.detach().requires_grad_(True)
+    fn(xg, y).sum().backward()
+    return xg.grad
+
+
+def macs_per_call(name: str, device: str, batch: int, size: tuple[int, int]) -> float:
+    """Multiply-adds of one forward call (torch.utils.flop_counter counts 2 FLOPs per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fn = make(name, device)
+    x = torch.rand(batch, 3, *size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        fn(x, torch.rand_like(x))
+    return counter.get_total_flops() / 2
+
+
+def conv_peak(device: str, dtype: torch.dtype, min_time: float = 1.0) -> float:
+    """This machine's conv throughput in MAC/s: a large 3x3 conv, channels_last, timed here."""
+    n, c, hw = 32, 256, 28
+    x = torch.rand(n, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype,
+                                                                memory_format=torch.channels_last)
+    macs = n * c * c * 9 * hw * hw
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            conv(x)
+        start = time.perf_counter()
+        while len(times) < 3 or time.perf_counter() - start < min_time:
+            t = time.perf_counter()
+            conv(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    return macs / statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -54,7 +129,7 @@ def parse_size(s: str) -> tuple[int, int]:
 
 
 def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int, int],
-                     min_time: float) -> dict[str, float]:
+                     min_time: float, backward: bool = False) -> dict[str, float]:
     """Pairs/s of each metric on the same inputs: batch / median call time over interleaved rounds.
 
     Every round calls each metric once, in turn, so slow drift of a shared machine (clock, other
@@ -68,8 +143,7 @@ def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int,
 
     def call(fn) -> float:
         start = time.perf_counter()
-        with torch.inference_mode():
-            fn(x, y)
+        run_once(fn, x, y, backward)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -86,8 +160,8 @@ def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int,
             return {name: batch / statistics.median(t) for name, t in times.items()}
 
 
-def peak_memory(name: str, device: str, batch: int, size: tuple[int, int]) -> float:
-    """Peak memory (MiB) of one forward: CUDA allocator peak, or a child process's RSS growth on CPU."""
+def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], backward: bool = False) -> float:
+    """Peak memory (MiB) of one call: CUDA allocator peak, or a child process's RSS growth on CPU."""
     if device.startswith("cuda"):
         fn = make(name, device)
         x = torch.rand(batch, 3, *size, device=device)
@@ -95,20 +169,19 @@ def peak_memory(name: str, device: str, batch: int, size: tuple[int, int]) -> fl
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        with torch.inference_mode():
-            fn(x, y)
+        run_once(fn, x, y, backward)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     code = (
         "import sys, torch; sys.path.insert(0, %r); import bench_distance as b;"
-        "fn = b.make(%r, 'cpu'); x = torch.rand(%d, 3, %d, %d); y = torch.rand_like(x)\n"
-        "with torch.inference_mode(): fn(x[:1], y[:1])\n"  # load kernels before the baseline
+        "fn = b.make(%r, 'cpu'); x = torch.rand(%d, 3, %d, %d); y = torch.rand_like(x); bw = %r\n"
+        "b.run_once(fn, x[:1], y[:1], bw)\n"  # load kernels before the baseline
         "rss = lambda key: int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset the peak-RSS mark (Linux)
         "base = rss('VmRSS:')\n"
-        "with torch.inference_mode(): fn(x, y)\n"
+        "b.run_once(fn, x, y, bw)\n"
         "print(max(0, rss('VmHWM:') - base) / 1024)"
-    ) % (HERE, name, batch, size[0], size[1])
+    ) % (HERE, name, batch, size[0], size[1], backward)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -127,6 +200,10 @@ def main() -> None:
     p.add_argument("--max-pixels", type=float, default=256 * 256 * 256,
                    help="skip configurations whose batch x H x W exceeds this (vgg at 512 px is minutes on CPU)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory")
+    p.add_argument("--backward", action="store_true",
+                   help="time forward + backward to the inputs (a training loss), not inference")
+    p.add_argument("--roofline", action="store_true",
+                   help="MAC/s of lowps rows and their fraction of a large 3x3 conv's MAC/s timed in this run")
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true",
                    help="64 and 256 px, batch 32: lpips-alex, the default metric, and it in bf16")
@@ -135,9 +212,18 @@ def main() -> None:
         a.sizes, a.batches, a.metrics = ["64", "256"], [32], ["lpips-alex", "lowps:meanpool", "lowps:meanpool:bf16"]
     threads = torch.get_num_threads()
     rows = []
-    print(f"# {platform.processor() or platform.machine()}, {threads} threads, torch {torch.__version__}, "
-          f"device {a.device}, {datetime.date.today()}")
-    print(f"{'metric':<20}{'size':>9}{'batch':>7}{'pairs/s':>11}{'x alex':>8}" + (f"{'peak MiB':>10}" if a.memory else ""))
+    peaks: dict[str, float] = {}
+    if a.roofline:
+        peaks["fp32"] = conv_peak(a.device, torch.float32, a.min_time)
+        if any(n.endswith(("bf16", "bf16:ac", ":ac")) for n in a.metrics):
+            peaks["bf16"] = conv_peak(a.device, torch.bfloat16, a.min_time)
+    print(f"# {cpu_name()}, {threads} threads, torch {torch.__version__}, device {a.device}, "
+          f"{datetime.date.today()}, {'forward + backward (loss)' if a.backward else 'inference'}")
+    if peaks:
+        print("# conv peak (3x3, 256->256 ch, 28x28, batch 32): "
+              + ", ".join(f"{k} {v / 1e9:.1f} GMAC/s" for k, v in peaks.items()))
+    print(f"{'metric':<22}{'size':>9}{'batch':>7}{'pairs/s':>11}{'x alex':>8}" + (f"{'peak MiB':>10}" if a.memory else "")
+          + (f"{'GMAC/s':>9}{'% peak':>8}" if a.roofline else ""))
     for size_s in a.sizes:
         size = parse_size(size_s)
         for batch in a.batches:
@@ -145,21 +231,32 @@ def main() -> None:
                 continue
             names = [n for n in a.metrics
                      if not (n == "lpips-vgg" and a.device == "cpu" and batch * size[0] * size[1] > 32 * 256 * 256)]
-            rates = time_interleaved(names, a.device, batch, size, a.min_time)
-            alex = rates.get("lpips-alex")
+            rates = time_interleaved(names, a.device, batch, size, a.min_time, a.backward)
+            alex = rates.get("lpips-alex") or rates.get("lpips-alex:ac")
             for name in names:
                 rate = rates[name]
-                mem = peak_memory(name, a.device, batch, size) if a.memory else None
+                mem = peak_memory(name, a.device, batch, size, a.backward) if a.memory else None
                 row = {"metric": name, "size": f"{size[0]}x{size[1]}", "batch": batch, "pairs_per_s": rate,
-                       "ratio_to_alex": rate / alex if alex else None, "peak_mib": mem}
+                       "ratio_to_alex": rate / alex if alex else None, "peak_mib": mem,
+                       "mode": "backward" if a.backward else "inference"}
+                roof = ""
+                if a.roofline and name.startswith("lowps:"):
+                    macs = macs_per_call(name, a.device, batch, size)
+                    achieved = macs * rate / batch * (3 if a.backward else 1)  # backward ~2x the forward MACs
+                    peak = peaks["bf16" if ("bf16" in name or name.endswith(":ac")) else "fp32"]
+                    row.update(macs_per_pair=macs / batch, gmacs_per_s=achieved / 1e9, fraction_of_peak=achieved / peak)
+                    roof = f"{achieved / 1e9:>9.1f}{100 * achieved / peak:>7.0f}%"
                 rows.append(row)
                 ratio = f"{row['ratio_to_alex']:.2f}" if alex else "-"
-                print(f"{name:<20}{row['size']:>9}{batch:>7}{rate:>11.1f}{ratio:>8}"
-                      + (f"{mem:>10.1f}" if mem is not None else ""), flush=True)
+                print(f"{name:<22}{row['size']:>9}{batch:>7}{rate:>11.1f}{ratio:>8}"
+                      + (f"{mem:>10.1f}" if mem is not None else "") + roof, flush=True)
     if a.json:
         meta = {"device": a.device, "threads": threads, "torch": torch.__version__, "date": str(datetime.date.today()),
-                "cpu": platform.processor() or platform.machine(),
-                "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None}
+                "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+                "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
+                "mode": "backward" if a.backward else "inference",
+                "conv_peak_macs_per_s": peaks or None}
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 

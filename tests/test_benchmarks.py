@@ -34,3 +34,28 @@ def test_bench_score_scaling_runs_and_checks_agreement(tmp_path):
     rep = json.loads(out.read_text())
     assert rep["identical"] is True
     assert [row["nproc"] for row in rep["rows"]] == [1, 2] and rep["rows"][0]["triplets"] == 16
+
+
+def test_bench_distance_backward_autocast_and_roofline(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distance.py"), "--sizes", "32",
+                        "--batches", "2", "--min-time", "0.01", "--backward", "--roofline", "--json", str(out),
+                        "--metrics", "lpips-alex", "lowps:meanpool", "lowps:meanpool:ac"],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                         "LOWPS_BENCH_WEIGHTS": "random"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["mode"] == "backward" and data["meta"]["conv_peak_macs_per_s"]["fp32"] > 0
+    rows = {row["metric"]: row for row in data["rows"]}
+    assert rows["lowps:meanpool"]["macs_per_pair"] > 1e6 and 0 < rows["lowps:meanpool"]["fraction_of_peak"]
+    assert "% peak" in r.stdout and "forward + backward" in r.stdout
+
+
+def test_bench_pairwise_tiny_run(tmp_path):
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pairwise.py"), "--n", "6", "--size", "32",
+                        "--heads", "meanpool", "style", "--batch-size", "4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["head"] for row in rows] == ["meanpool", "style"] and all(row["ratio"] > 0 for row in rows)

@@ -194,7 +194,7 @@ def test_chunked_calls_equal_one_big_call(head):
     f = m.embed(x)
     m.chunk_pixels = 2 ** 30
     g = m.embed(x)
-    assert all((a is None and b is None) or _close_to_scale(a, b) for a, b in zip(f, g))
+    assert f.shape == g.shape and _close_to_scale(f, g)
     m.chunk_pixels = 64 * 64  # below one pair: each image gets its own forward
     assert _close_to_scale(m(x, y), full)
 

@@ -74,3 +74,57 @@ def test_fused_fast_path_matches_unfused_backbone():
         got = m.features(x)
     for a, b in zip(got, want):
         assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
+ALL_HEADS = ["meanpool", "local", "style", "linear"]
+
+
+def _metric(head, **kw):
+    extra = {"head_weights": "ones"} if head == "linear" else {}
+    return lowps.PerceptualDistance(distance=head, **extra, **kw)
+
+
+@pytest.mark.parametrize("head", ALL_HEADS)
+def test_embedding_distance_is_the_head_distance(head):
+    m = _metric(head)
+    x, y = pair(4, seed=3)
+    y = 0.8 * x + 0.2 * y  # close pairs too: where float32 cancellation would show
+    with torch.no_grad():
+        want = m(x, y)
+        got = m.distance_features(m.embed(x), m.embed(y))
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("head", ALL_HEADS)
+def test_pairwise_matrix_product_equals_per_pair_module(head):
+    m = _metric(head)
+    a, _ = pair(6, size=48, seed=1)
+    b = torch.cat([a[:2] * 0.9 + 0.05, pair(3, size=48, seed=2)[0]])  # near-duplicates and unrelated images
+    mat = lowps.pairwise(a, b, metric=m)
+    with torch.no_grad():
+        naive = torch.stack([m(a[i:i + 1].expand(len(b), -1, -1, -1), b) for i in range(len(a))])
+    assert torch.allclose(mat, naive, rtol=1e-5, atol=1e-10)
+
+
+def test_nearest_finds_near_duplicates_and_excludes_self():
+    m = lowps.PerceptualDistance(weights="random")
+    gallery, _ = pair(8, size=32, seed=4)
+    query = gallery[[5, 2]] + 0.01 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    d, i = lowps.nearest(query.clamp(0, 1), gallery, k=3, metric=m)
+    assert i[:, 0].tolist() == [5, 2] and d.shape == (2, 3) and bool((d[:, :-1] <= d[:, 1:]).all())
+    full = lowps.pairwise(query.clamp(0, 1), gallery, metric=m)
+    assert torch.allclose(d, full.sort(dim=1).values[:, :3])
+    d2, i2 = lowps.nearest(gallery, gallery, k=1, metric=m, exclude_self=True)
+    assert (i2[:, 0] != torch.arange(8)).all()
+    with pytest.raises(lowps.InputError, match="k must be"):
+        lowps.nearest(query, gallery, k=9, metric=m)
+
+
+def test_distance_features_mismatches_are_clear_errors():
+    m = lowps.PerceptualDistance(distance="local", weights="random")
+    x, _ = pair(3)
+    with pytest.raises(lowps.InputError, match="batches of 2 and 3"):
+        m.distance_features(m.embed(x[:2]), m.embed(x))
+    other = lowps.PerceptualDistance(distance="meanpool", weights="random")
+    with pytest.raises(lowps.InputError, match="do not match"):
+        m.distance_features(m.embed(x), other.embed(x))

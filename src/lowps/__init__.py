@@ -22,9 +22,9 @@ from .lpips_compat import LPIPS
 from .lpips_utils import (dssim, im2tensor, l2, load_image, normalize_tensor, np2tensor, psnr, rgb2lab,  # noqa: F401
                           tensor2im, tensor2np, tensor2tensorlab, tensor2vec, tensorlab2tensor, voc_ap)
 from .metric import PerceptualDistance
-from .pairwise import pairwise
+from .pairwise import nearest, pairwise
 
 __version__ = "0.1.0"
 
-__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "pairwise", "list_backbones", "HEADS", "InputError",
+__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "pairwise", "nearest", "list_backbones", "HEADS", "InputError",
            "backbones", "heads", "weights", "__version__"]

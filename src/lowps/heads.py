@@ -63,6 +63,17 @@ class Head(nn.Module):
     def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"the {self.name!r} distance has no spatial map; use 'local' or 'linear'")
 
+    def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s features as one vector per image, (N, D_i), whose squared Euclidean distance
+        is this head's layer distance: ``layer(i, a, b) == ||embed_layer(i, a) - embed_layer(i, b)||^2``.
+        Every head is such a distance, which makes all-pairs distances matrix products."""
+        raise NotImplementedError
+
+    def embed(self, f: Sequence[torch.Tensor], idx: Sequence[int]) -> torch.Tensor:
+        """The selected layers' vectors concatenated: (N, sum D_i), in float32 or wider."""
+        with torch.autocast(f[idx[0]].device.type, enabled=False):
+            return torch.cat([self.embed_layer(i, _wide(f[i])).flatten(1) for i in idx], dim=1)
+
     def forward(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor],
                 idx: Sequence[int]) -> torch.Tensor:
         with torch.autocast(f0[idx[0]].device.type, enabled=False):
@@ -87,6 +98,10 @@ class LocalHead(Head):
     def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.layer_map(i, a, b).mean((1, 2, 3))
 
+    def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        # mean over H W positions of a squared difference == squared norm after scaling by 1/sqrt(HW)
+        return unit_normalize(f).flatten(1) / (f.shape[2] * f.shape[3]) ** 0.5
+
 
 class LinearHead(LocalHead):
     """LPIPS-style learned weights: one non-negative 1x1 conv (no bias) per layer, keys ``lin{l}.weight``."""
@@ -107,6 +122,12 @@ class LinearHead(LocalHead):
         if self.training and self.dropout > 0:
             diff = F.dropout(diff, self.dropout, training=True)
         return F.conv2d(diff, w.to(a.dtype))
+
+    def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        w = getattr(self, f"lin{i}").weight.reshape(1, -1, 1, 1).to(f.dtype)
+        if bool((w < 0).any()):
+            raise ValueError("embeddings need linear weights >= 0 (a weighted squared norm); clamp them")
+        return (unit_normalize(f) * w.sqrt()).flatten(1) / (f.shape[2] * f.shape[3]) ** 0.5
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -133,6 +154,9 @@ class MeanPoolHead(Head):
         ua, ub = unit_normalize(a.mean((2, 3))), unit_normalize(b.mean((2, 3)))
         return (ua - ub).pow(2).sum(1) / a.shape[1]
 
+    def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        return unit_normalize(f.mean((2, 3))) / f.shape[1] ** 0.5
+
 
 class StyleHead(Head):
     name = "style"
@@ -148,6 +172,10 @@ class StyleHead(Head):
         u = unit_normalize(f).flatten(2)
         g = u @ u.transpose(1, 2)
         return g / u.shape[2] if self.style_norm == "hw" else g
+
+    def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        # the flattened Gram matrix / C: C^2 values per layer (348,160 per image for ResNet-6's four)
+        return self.gram(f).flatten(1) / f.shape[1]
 
     #: Pairs per Gram computation are bounded so the C x C matrices stay cache-sized (floats per chunk).
     chunk_elements: int = 2 ** 18

@@ -11,7 +11,7 @@ from torch import nn
 from .backbones import Backbone, create_backbone
 from .backbones.resnet_tpu import TPUResNet
 from .heads import Head, LinearHead, create_head
-from .inputs import ImageLike, parse_input_range, to_tensor, validate_batch, validate_pair
+from .inputs import ImageLike, InputError, parse_input_range, to_tensor, validate_batch, validate_pair
 
 __all__ = ["PerceptualDistance", "WeightsSpec"]
 
@@ -266,11 +266,16 @@ class PerceptualDistance(nn.Module):
             return total, {name: maps[:, k:k + 1] for k, name in enumerate(self.layer_names)}
         return total
 
-    def embed(self, img: ImageLike) -> list[torch.Tensor | None]:
-        """Features of the selected layers for one image batch, reusable with :meth:`distance_features`.
+    def embed(self, img: ImageLike) -> torch.Tensor:
+        """One vector per image, (N, D), whose squared Euclidean distances are this metric's distances.
 
-        For a fixed reference compared with many images, embed it once. Unselected layers are
-        ``None``; with the ``meanpool`` head only the spatial means are kept (all that head reads).
+        Every head is a squared Euclidean distance between per-image vectors (meanpool: the unit-length
+        pooled features of each layer scaled by 1/sqrt(C); local/linear: the unit-normalised maps
+        scaled by sqrt(w)/sqrt(HW); style: the flattened Gram matrices / C), so
+        ``metric(x, y) == ((metric.embed(x) - metric.embed(y)) ** 2).sum(1)`` up to float rounding, and
+        all-pairs distances are matrix products (:func:`lowps.pairwise`, :func:`lowps.nearest`).
+        For a fixed reference compared with many images, embed it once (:meth:`distance_features`).
+        ``D`` depends on the input size for every head but ``meanpool``.
         """
         x = to_tensor(img, self.input_range)
         bb = self.backbone
@@ -278,19 +283,33 @@ class PerceptualDistance(nn.Module):
                            multiple_of=bb.multiple_of, check_values=self.check_inputs)
         if x.device != self._scale.device or x.dtype != self._scale.dtype:
             x = self._prepare(x, x)[0]
-        keep = set(self.layer_idx)
-        # Compact each chunk as it comes (meanpool keeps only the pooled vectors), then join per layer.
-        parts = [[self.head.compact(f) if i in keep else None for i, f in enumerate(self.features(x[c]))]
-                 for c in self._chunks(x, images_per_item=1)]
-        return [_cat([p[i] for p in parts]) if i in keep else None for i in range(len(parts[0]))]
+        if x.shape[0] == 0:
+            return torch.zeros(0, self.embedding_dim(tuple(x.shape[-2:])), dtype=self._head_dtype(), device=x.device)
+        return _cat([self.head.embed(self.features(x[c]), self.layer_idx) for c in self._chunks(x, images_per_item=1)])
 
-    def distance_features(self, f0: list[torch.Tensor | None], f1: list[torch.Tensor | None]) -> torch.Tensor:
-        """Distances (N,) between embedded batches (:meth:`embed`); a batch of 1 broadcasts."""
-        n = max(f0[self.layer_idx[0]].shape[0], f1[self.layer_idx[0]].shape[0])  # type: ignore[union-attr]
+    def _head_dtype(self) -> torch.dtype:
+        return torch.float64 if self._scale.dtype == torch.float64 else torch.float32
 
-        def grow(f: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-            return [t.expand(n, *t.shape[1:]) if t is not None and t.shape[0] != n else t for t in f]
-        return self.head(grow(f0), grow(f1), self.layer_idx).sum(1)
+    def embedding_dim(self, size: tuple[int, int] = (64, 64)) -> int:
+        """Length of :meth:`embed`'s vectors for ``size`` (H, W) inputs."""
+        with torch.no_grad():
+            x = torch.full((1, 3, *size), 0.5, dtype=self._scale.dtype, device=self._scale.device)
+            x = x * (self.input_range[1] - self.input_range[0]) + self.input_range[0]
+            return int(self.head.embed(self.features(x), self.layer_idx).shape[1])
+
+    def distance_features(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        """Distances (N,) between :meth:`embed` outputs of two batches; a batch of 1 broadcasts."""
+        for name, f in (("f0", f0), ("f1", f1)):
+            if not isinstance(f, torch.Tensor) or f.ndim != 2:
+                raise InputError(f"{name} must be the (N, D) tensor that metric.embed() returns, got "
+                                 f"{type(f).__name__}{tuple(f.shape) if isinstance(f, torch.Tensor) else ''}")
+        if f0.shape[1] != f1.shape[1]:
+            raise InputError(f"embeddings of length {f0.shape[1]} and {f1.shape[1]} do not match: embed both batches "
+                             "with this metric (same head, layers) at one image size")
+        if f0.shape[0] != f1.shape[0] and 1 not in (f0.shape[0], f1.shape[0]):
+            raise InputError(f"embedded batches of {f0.shape[0]} and {f1.shape[0]} images: give equal batches, or one "
+                             "image to compare against all (use lowps.pairwise for every pair)")
+        return (f0 - f1).pow(2).sum(1)
 
     def train(self, mode: bool = True) -> "PerceptualDistance":
         # BatchNorm stays in eval mode: a metric must not depend on the batch it is called with.

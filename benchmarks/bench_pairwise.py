@@ -1,0 +1,66 @@
+"""All-pairs cost: ``lowps.pairwise`` on N images against embedding them alone.
+
+    python benchmarks/bench_pairwise.py [--n 600 10000] [--heads meanpool local style linear] [--size 64]
+        [--json FILE]
+
+For each N and head: seconds to embed N random 64x64 images (the N forward passes), seconds for
+``lowps.pairwise`` (embedding + the N x N matrix as float64 matrix products), and their ratio; the
+distance part is negligible when the ratio is near 1. Heads whose embedding would not fit in memory
+at that N (style: 348,160 floats per image) are skipped beyond ``--max-embed-gib``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_distance import cpu_name  # noqa: E402
+
+import lowps  # noqa: E402
+from lowps.pairwise import embed_all  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", nargs="+", type=int, default=[600, 10000])
+    p.add_argument("--heads", nargs="+", default=["meanpool", "local", "style", "linear"])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-embed-gib", type=float, default=4.0)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {datetime.date.today()}")
+    print(f"{'head':<10}{'N':>7}{'dim':>9}{'embed s':>10}{'pairwise s':>12}{'ratio':>8}")
+    rows = []
+    for n in a.n:
+        x = torch.rand(n, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
+        for head in a.heads:
+            m = lowps.PerceptualDistance(distance=head, **({"head_weights": "ones"} if head == "linear" else {}))
+            dim = m.embedding_dim((a.size, a.size))
+            if n * dim * 4 / 2**30 > a.max_embed_gib:
+                print(f"{head:<10}{n:>7}{dim:>9}  skipped: embeddings would take {n * dim * 4 / 2**30:.1f} GiB")
+                continue
+            embed_all(m, x[:a.batch_size], a.batch_size)  # warm-up
+            t = time.perf_counter()
+            embed_all(m, x, a.batch_size)
+            t_embed = time.perf_counter() - t
+            t = time.perf_counter()
+            mat = lowps.pairwise(x, metric=m, batch_size=a.batch_size)
+            t_pair = time.perf_counter() - t
+            assert mat.shape == (n, n)
+            rows.append({"head": head, "n": n, "dim": dim, "embed_s": t_embed, "pairwise_s": t_pair,
+                         "ratio": t_pair / t_embed})
+            print(f"{head:<10}{n:>7}{dim:>9}{t_embed:>10.2f}{t_pair:>12.2f}{t_pair / t_embed:>8.2f}", flush=True)
+    if a.json:
+        from lowps._io import write_json
+        write_json(a.json, {"meta": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                     "date": str(datetime.date.today()), "size": a.size}, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
