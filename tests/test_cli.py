@@ -88,3 +88,82 @@ def test_precision_option_reaches_the_metric(capsys):
     fp32 = float(lowps.distance(EXAMPLES / "ref.png", EXAMPLES / "blur.png")[0])
     assert printed == pytest.approx(want, abs=1e-6) and printed != fp32
     assert printed == pytest.approx(fp32, rel=0.03)
+
+
+def _two_dirs(tmp_path, bad=False):
+    import shutil
+    d0, d1 = tmp_path / "d0", tmp_path / "d1"
+    for d in (d0, d1):
+        d.mkdir()
+        for name in ("ref.png", "blur.png"):
+            shutil.copy(EXAMPLES / name, d / name)
+    if bad:
+        (d1 / "blur.png").write_bytes(b"not an image")
+    return d0, d1
+
+
+def test_dirs_json_has_numbers_and_bad_images_are_skipped_on_request(tmp_path, capsys):
+    d0, d1 = _two_dirs(tmp_path, bad=True)
+    assert main(["dirs", str(d0), str(d1), "--quiet"]) == 2
+    assert "--skip-bad" in capsys.readouterr().err
+    out = tmp_path / "r.json"
+    assert main(["dirs", str(d0), str(d1), "--quiet", "--skip-bad", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["file"] for r in data] == ["ref.png"] and isinstance(data[0]["distance"], float)
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_cli_output_and_argument_errors_exit_2_without_traceback(tmp_path, capsys):
+    d0, d1 = _two_dirs(tmp_path)
+    assert main(["dirs", str(d0), str(d1), "--quiet", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["allpairs", str(d0), "--quiet", "--out", str(tmp_path / "missing" / "m.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit) as e:
+            main(["allpairs", str(d0), "--batch-size", bad])
+        assert e.value.code == 2
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 8)
+    assert main(["distance", str(EXAMPLES / "ref.png"), str(EXAMPLES / "blur.png"), "--weights",
+                 str(tmp_path / "corrupt.safetensors")]) == 2
+    assert "not a valid safetensors file" in capsys.readouterr().err
+
+
+def test_cli_errors_name_flags_and_suggest_backbones(capsys):
+    assert main(["distance", str(EXAMPLES / "ref.png"), str(EXAMPLES / "blur.png"), "--distance", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert "--head-weights" in err and "head_weights=" not in err
+    assert main(["distance", str(EXAMPLES / "ref.png"), str(EXAMPLES / "blur.png"), "--backbone", "resnt6"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone 'resnt6'" in err and "did you mean resnet6" in err
+
+
+def test_numbers_print_with_significant_digits():
+    from lowps.cli import _num
+    assert _num(1.9e-7) == "1.9e-07" and _num(0.123456789) == "0.123457"
+
+
+def test_weights_list_long_and_json(capsys):
+    assert main(["weights", "list", "--long"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("name") and "sha256" in out.splitlines()[0]
+    assert lowps.weights.default_for("resnet6").sha256 in out
+    assert main(["weights", "list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert any(e["default_for"] == "resnet6" and len(e["sha256"]) == 64 for e in data)
+
+
+def test_every_option_has_help_text():
+    from lowps.cli import build_parser, build_score_parser
+
+    def walk(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif action.option_strings and action.dest != "help":
+                yield p.prog, action
+    import argparse
+    missing = [f"{prog} {a.option_strings[0]}" for parser in (build_parser(), build_score_parser())
+               for prog, a in walk(parser) if not a.help]
+    assert not missing, missing

@@ -30,10 +30,32 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
 def _batch_args(p: argparse.ArgumentParser, batch: int) -> None:
     """Options shared by the commands that run the metric over many files."""
     _metric_args(p)
-    p.add_argument("--batch-size", type=int, default=batch)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="CSV (default: stdout) or .json file")
+    p.add_argument("--batch-size", type=_positive_int, default=batch, help=f"images per metric call (default: {batch})")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--out", default=None, help="CSV (default: stdout) or .json file, written atomically")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="report unreadable images on stderr and go on without them (default: stop at the first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _num(v: float) -> str:
+    """6 significant digits: a true 1.9e-7 prints as 1.9e-07, not 0.000000."""
+    return f"{float(v):.6g}"
+
+
+#: Python argument names in library errors -> the CLI flags a CLI user types.
+_FLAG_NAMES = [("head_weights=", "--head-weights "), ("force_precision=True", "--force-precision"),
+               ("weights=", "--weights "), ("backbone=", "--backbone "), ("distance=", "--distance "),
+               ("layers=", "--layers "), ("precision=", "--precision "), ("batch_size", "--batch-size")]
+
+
+def _cli_message(e: BaseException) -> str:
+    import re
+
+    msg = str(e)
+    for py, flag in _FLAG_NAMES:
+        msg = re.sub(r"(?<![\w-])" + re.escape(py), flag, msg)
+    return msg
 
 
 def _layers(s: str | None) -> list[str | int] | None:
@@ -50,41 +72,58 @@ def _cmd_distance(a: argparse.Namespace) -> int:
                  force_precision=a.force_precision)
     if a.per_layer:
         total, per = d
-        print(f"{float(total[0]):.6g}")
+        print(_num(total[0]))
         for name, v in per.items():
-            print(f"  {name}: {float(v[0]):.6g}")
+            print(f"  {name}: {_num(v[0])}")
     else:
-        print(f"{float(d[0]):.6g}")
+        print(_num(d[0]))
     return 0
-
-
-_IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _images_in(d: str) -> list:
     from pathlib import Path
 
+    from .inputs import IMAGE_EXTENSIONS
+
     p = Path(d)
     if not p.is_dir():
         raise ValueError(f"not a directory: {p}")
-    return sorted(f for f in p.iterdir() if f.suffix.lower() in _IMG_EXT)
+    return sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
 
 
-def _write_rows(path: str | None, header: list[str], rows: list[list], as_json: dict | None = None) -> None:
+def _write_rows(path: str | None, header: list[str], rows: list[list], as_json: object | None = None) -> None:
+    """CSV (numbers with 6 significant digits) to stdout or ``path``; ``.json`` paths get ``as_json``
+    (numbers as numbers), or one object per row. Files are written atomically."""
     import csv
 
+    from ._io import write_json, write_text_atomic
+
     if path and path.endswith(".json"):
-        with open(path, "w") as f:
-            json.dump(as_json if as_json is not None else [dict(zip(header, r)) for r in rows], f, indent=1)
+        write_json(path, as_json if as_json is not None else [dict(zip(header, r)) for r in rows])
         return
-    f = open(path, "w", newline="") if path else sys.stdout
-    try:
+    text_rows = [[_num(v) if isinstance(v, float) else v for v in r] for r in rows]
+
+    def write(f) -> None:  # type: ignore[no-untyped-def]
         w = csv.writer(f)
         w.writerow(header)
-        w.writerows(rows)
-    finally:
-        if path:
-            f.close()
+        w.writerows(text_rows)
+    if path:
+        write_text_atomic(path, write)
+    else:
+        write(sys.stdout)
+
+
+def _load_or_skip(path, skip: bool, bad: list):  # type: ignore[no-untyped-def]
+    from .inputs import InputError, load_image
+
+    try:
+        return load_image(path)
+    except InputError as e:
+        if not skip:
+            raise InputError(f"{e} (pass --skip-bad to go on without unreadable images)") from e
+        print(f"lowps: skipped {path}: {e}", file=sys.stderr)
+        bad.append(str(path))
+        return None
 
 
 def _cmd_dirs(a: argparse.Namespace) -> int:
@@ -92,7 +131,6 @@ def _cmd_dirs(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .functional import get_metric
-    from .inputs import load_image
 
     files0 = {f.name: f for f in _images_in(a.dir0)}
     files1 = {f.name: f for f in _images_in(a.dir1)}
@@ -104,22 +142,30 @@ def _cmd_dirs(a: argparse.Namespace) -> int:
         print(f"lowps dirs: {len(missing)} files have no partner and are skipped (e.g. {missing[:3]})", file=sys.stderr)
     m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device,
                    precision=a.precision, force_precision=a.force_precision)
-    rows, batch = [], []
+    rows: list[list] = []
+    batch: list = []
+    bad: list[str] = []
 
     def flush() -> None:
-        with torch.no_grad():
+        if not batch:
+            return
+        with torch.inference_mode():
             d = m(torch.stack([x for _, x, _ in batch]), torch.stack([y for _, _, y in batch]))
-        rows.extend([name, f"{float(v):.6f}"] for (name, _, _), v in zip(batch, d))
+        rows.extend([name, float(v)] for (name, _, _), v in zip(batch, d))
         batch.clear()
 
     for name in tqdm(common, disable=a.quiet, desc="pairs"):
-        x, y = load_image(files0[name]), load_image(files1[name])
+        x, y = _load_or_skip(files0[name], a.skip_bad, bad), _load_or_skip(files1[name], a.skip_bad, bad)
+        if x is None or y is None:
+            continue
         if x.shape != y.shape:
             raise ValueError(f"{name}: {tuple(x.shape[1:])} in {a.dir0} but {tuple(y.shape[1:])} in {a.dir1}")
         if batch and (x.shape != batch[0][1].shape or len(batch) == a.batch_size):
             flush()
         batch.append((name, x.to(a.device), y.to(a.device)))
     flush()
+    if bad:
+        print(f"lowps dirs: {len(bad)} unreadable image(s) skipped", file=sys.stderr)
     _write_rows(a.out, ["file", "distance"], rows)
     return 0
 
@@ -132,13 +178,19 @@ def _cmd_allpairs(a: argparse.Namespace) -> int:
     other = _images_in(a.other) if a.other else None
     if not files or (other is not None and not other):
         raise ValueError("no images found")
+    bad: list[str] = []
+    files = [f for f in files if _load_or_skip(f, a.skip_bad, bad) is not None]
+    if other is not None:
+        other = [f for f in other if _load_or_skip(f, a.skip_bad, bad) is not None]
+    if not files or (other is not None and not other):
+        raise ValueError("no readable images left")
     m = get_metric(a.backbone, a.distance, a.weights, _layers(a.layers), head_weights=a.head_weights, device=a.device,
                    precision=a.precision, force_precision=a.force_precision)
     mat = pairwise(files, other, metric=m, batch_size=a.batch_size, progress=not a.quiet)
     cols = [f.name for f in (other or files)]
-    rows = [[f.name] + [f"{float(v):.6f}" for v in row] for f, row in zip(files, mat)]
+    rows = [[f.name] + [float(v) for v in row] for f, row in zip(files, mat)]
     _write_rows(a.out, ["file"] + cols, rows,
-                as_json={"rows": [f.name for f in files], "cols": cols, "distances": mat.tolist()})
+                as_json={"rows": [f.name for f in files], "cols": cols, "distances": mat.tolist(), "skipped": bad})
     return 0
 
 
@@ -146,12 +198,23 @@ def _cmd_weights(a: argparse.Namespace) -> int:
     from . import weights
 
     if a.action == "list":
-        for e in weights.list():
-            status = "embedded" if e.embedded else ("cached" if e.local_path().is_file() else "remote")
+        entries = weights.list()
+        status = {e.name: "embedded" if e.embedded else ("cached" if e.local_path().is_file() else "remote")
+                  for e in entries}
+        if a.json:
+            print(json.dumps([{"name": e.name, "arch": e.arch, "kind": e.kind, "status": status[e.name],
+                               "size": e.size, "sha256": e.sha256, "urls": builtins_list(e.urls),
+                               "default_for": e.default_for, "metrics": e.metrics} for e in entries], indent=1))
+            return 0
+        print(f"{'name':32s} {'arch':14s} {'kind':8s} {'status':8s} {'size':>10s}  {'top-1':>7s}  default for"
+              + ("  sha256 / source" if a.long else ""))
+        for e in entries:
             top1 = e.metrics.get("top1")
-            extra = f" top-1 {top1}%" if top1 is not None else ""
-            default = f" (default for {e.default_for})" if e.default_for else ""
-            print(f"{e.name:32s} {e.arch:14s} {e.kind:8s} {status:8s} {e.size / 1e6:7.1f} MB{extra}{default}")
+            line = (f"{e.name:32s} {e.arch:14s} {e.kind:8s} {status[e.name]:8s} {e.size / 1e6:7.1f} MB  "
+                    f"{(f'{top1}%' if top1 is not None else '-'):>7s}  {e.default_for or '-'}")
+            if a.long:
+                line += f"  {e.sha256}  {', '.join(e.urls) if e.urls else 'in the package'}"
+            print(line)
         return 0
     if not a.name:
         raise SystemExit(f"lowps weights {a.action} needs a NAME (see `lowps weights list`)")
@@ -175,10 +238,16 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 def _cmd_train_backbone(a: argparse.Namespace) -> int:
     from .train.backbone import TrainConfig, train_backbone
 
-    cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                      weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
-                      ckpt_every=a.ckpt_every, seed=a.seed, limit_per_class=a.limit_per_class,
-                      device=a.device, threads=a.threads, progress=not a.quiet, stop_after=a.stop_after)
+    from .train.backbone import apply_recipe
+
+    cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, lr=a.lr,
+                      weight_decay=a.weight_decay, ckpt_every=a.ckpt_every, seed=a.seed,
+                      limit_per_class=a.limit_per_class, device=a.device, threads=a.threads, progress=not a.quiet,
+                      stop_after=a.stop_after)
+    explicit = {k for k in ("batch_size", "schedule", "warmup_epochs") if getattr(a, k) is not None}
+    for k in explicit:
+        setattr(cfg, k, getattr(a, k))
+    apply_recipe(cfg, a.recipe, explicit)
     if a.ckpt_steps is not None:
         cfg.ckpt_steps = [int(s) for s in a.ckpt_steps.split(",") if s]
     out = train_backbone(cfg, resume=a.resume)
@@ -262,14 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
                          ("verify", "check the sha256"), ("path", "print the local path")]:
         s = wsub.add_parser(action, help=text)
         if action != "list":
-            s.add_argument("name")
+            s.add_argument("name", help="registry name (see `lowps weights list`)")
         else:
             s.set_defaults(name=None)
+            s.add_argument("--long", action="store_true", help="also show each file's sha256 and source")
+            s.add_argument("--json", action="store_true", help="print the registry as JSON")
         s.add_argument("--quiet", action="store_true", help="no progress bar")
         s.set_defaults(func=_cmd_weights)
     c = wsub.add_parser("convert", help="convert a TF checkpoint of the paper's TPU ResNet code to safetensors")
     c.add_argument("--from-tf", required=True, metavar="CKPT_PREFIX", help="checkpoint prefix, e.g. model.ckpt-1000")
-    c.add_argument("--arch", required=True, choices=["resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu",
+    c.add_argument("--arch", required=True, help="the checkpoint's architecture", choices=["resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu",
                                                      "resnet200_tpu", "resnet50", "resnet200", "resnet18"])
     c.add_argument("--out", required=True, help="output .safetensors file")
     c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: read from the checkpoint)")
@@ -278,68 +349,77 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train backbones or linear heads")
     tsub = t.add_subparsers(dest="what", required=True)
     tb = tsub.add_parser("backbone", help="train a classification backbone, keeping early checkpoints")
-    tb.add_argument("--arch", default="resnet6")
+    tb.add_argument("--arch", default="resnet6", help="backbone to train (default: resnet6)")
     tb.add_argument("--data", required=True, help="tiny-imagenet:DIR | imagenet64:DIR | folder:DIR")
-    tb.add_argument("--epochs", type=float, default=16)
-    tb.add_argument("--batch-size", type=int, default=256)
+    tb.add_argument("--recipe", default="default", choices=["default", "paper"],
+                    help="default: cosine, batch 256, 1 warm-up epoch (lowps's CPU recipe, a deviation from the "
+                         "paper); paper: Kumar et al. App. M (batch 1024, 5/90 of the epochs warm-up, x0.1 at 1/3, "
+                         "2/3, 8/9 of training); the flags below override either")
+    tb.add_argument("--epochs", type=float, default=16, help="epochs to train (default: 16)")
+    tb.add_argument("--batch-size", type=_positive_int, default=None, help="default: from --recipe (256 / 1024)")
     tb.add_argument("--lr", type=float, default=None, help="default 0.1 x batch/256")
-    tb.add_argument("--weight-decay", type=float, default=1e-4)
-    tb.add_argument("--warmup-epochs", type=float, default=1.0)
-    tb.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
-    tb.add_argument("--ckpt-every", type=int, default=250, metavar="STEPS")
+    tb.add_argument("--weight-decay", type=float, default=1e-4, help="L2 on all but BatchNorm (default: 1e-4)")
+    tb.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up (default: from --recipe)")
+    tb.add_argument("--schedule", choices=["cosine", "step"], default=None, help="default: from --recipe")
+    tb.add_argument("--ckpt-every", type=int, default=250, metavar="STEPS", help="save a checkpoint every N steps (default: 250)")
     tb.add_argument("--ckpt-steps", default=None, help="extra checkpoint steps, comma-separated (default 0,25,50,100,150,200)")
-    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation")
     tb.add_argument("--limit-per-class", type=int, default=None, help="use at most N training images per class")
-    tb.add_argument("--device", default="auto")
-    tb.add_argument("--threads", type=int, default=None)
-    tb.add_argument("--out", required=True)
+    tb.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")
+    tb.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    tb.add_argument("--out", required=True, help="run folder: checkpoints, JSON records, resume.pt")
     tb.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
     tb.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                     help="stop at this step with a checkpoint (continue later with --resume)")
-    tb.add_argument("--quiet", action="store_true")
+    tb.add_argument("--quiet", action="store_true", help="no progress bar")
     tb.set_defaults(func=_cmd_train_backbone)
 
     tl = tsub.add_parser("linear", help="learn an LPIPS-style linear head on BAPPS 2AFC judgements")
-    tl.add_argument("--backbone", default="resnet6")
+    tl.add_argument("--backbone", default="resnet6", help="backbone whose features the head weights (default: resnet6)")
     tl.add_argument("--weights", default=None, help="backbone weights (default: the backbone's default)")
     tl.add_argument("--bapps-root", default=None, help="BAPPS 'dataset' directory (default: the downloaded copy)")
-    tl.add_argument("--split", default="train", choices=["train", "val"])
-    tl.add_argument("--categories", nargs="+", default=None)
-    tl.add_argument("--epochs", type=int, default=5)
-    tl.add_argument("--decay-epochs", type=int, default=5)
-    tl.add_argument("--lr", type=float, default=1e-4)
-    tl.add_argument("--batch-size", type=int, default=50)
-    tl.add_argument("--device", default="cpu")
-    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--split", default="train", choices=["train", "val"], help="BAPPS split (default: train)")
+    tl.add_argument("--categories", nargs="+", default=None, help="BAPPS categories (default: all in the split)")
+    tl.add_argument("--epochs", type=int, default=5, help="epochs at the full rate (LPIPS: 5)")
+    tl.add_argument("--decay-epochs", type=int, default=5, help="epochs of linear decay (LPIPS: 5)")
+    tl.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (LPIPS: 1e-4)")
+    tl.add_argument("--batch-size", type=_positive_int, default=50, help="triplets per step (LPIPS: 50)")
+    tl.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    tl.add_argument("--seed", type=int, default=0, help="seed for data order and the Dist2Logit init")
     tl.add_argument("--out", required=True, help="output .safetensors (a .json record is written beside it)")
-    tl.add_argument("--quiet", action="store_true")
+    tl.add_argument("--quiet", action="store_true", help="no progress bar")
     tl.set_defaults(func=_cmd_train_linear)
 
     sn = sub.add_parser("sanity", help="Spearman(severity, distance) for five distortions on natural patches")
     sn.add_argument("--data", required=True, help="a data spec with a val split, e.g. tiny-imagenet:DIR")
-    sn.add_argument("--backbone", default="resnet6")
-    sn.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style"])
+    sn.add_argument("--backbone", default="resnet6", help="backbone (default: resnet6)")
+    sn.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style"],
+                    help="distance head (default: meanpool)")
     sn.add_argument("--weights", nargs="+", default=["default", "random"],
                     help="weights to compare ('default' = the backbone's default)")
-    sn.add_argument("--n", type=int, default=500)
-    sn.add_argument("--seed", type=int, default=0)
-    sn.add_argument("--json", default=None)
+    sn.add_argument("--n", type=_positive_int, default=500, help="natural patches to distort (default: 500)")
+    sn.add_argument("--seed", type=int, default=0, help="seed for the patch pick and the noise")
+    sn.add_argument("--json", default=None, help="also write the table as JSON")
     sn.set_defaults(func=_cmd_sanity)
 
     e = sub.add_parser("eval", help="classification accuracy of a checkpoint on a validation split")
-    e.add_argument("--arch", default="resnet6")
-    e.add_argument("--weights", default=None)
-    e.add_argument("--data", required=True)
+    e.add_argument("--arch", default="resnet6", help="architecture of the checkpoint (default: resnet6)")
+    e.add_argument("--weights", default=None, help="checkpoint: registry name or file (default: the arch's default)")
+    e.add_argument("--data", required=True, help="a data spec with a val split, e.g. tiny-imagenet:DIR")
     e.set_defaults(func=_cmd_eval_backbone)
     return p
+
+
+def builtins_list(x):  # type: ignore[no-untyped-def]
+    return [*x] if x else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"lowps: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        print(f"lowps: error: {_cli_message(e)}", file=sys.stderr)
         return 2
 
 
@@ -506,7 +586,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
             plot_comparison(reports, a.plot)
         return 0
     except (ValueError, FileNotFoundError, RuntimeError, ImportError, OSError) as e:
-        print(f"lowps-score: error: {e}", file=sys.stderr)
+        print(f"lowps-score: error: {_cli_message(e)}", file=sys.stderr)
         return 2
 
 

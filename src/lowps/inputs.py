@@ -18,6 +18,10 @@ __all__ = ["InputError", "ImageLike", "load_image", "to_tensor", "check_range", 
 ImageLike = Union[torch.Tensor, np.ndarray, "os.PathLike[str]", str, Any]  # Any: PIL.Image.Image
 
 
+#: Image file extensions the CLIs and dataset readers pick up from a folder (one list for all of lowps).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+
+
 class InputError(ValueError):
     """An input the metric cannot take; the message says what to change."""
 

@@ -28,7 +28,7 @@ from torch import nn
 from . import resnet_tpu, vit  # noqa: F401  (registers lowps models in timm's registry)
 from .resnet_tpu import TPUResNet
 
-__all__ = ["Backbone", "LayerInfo", "create_backbone", "list_backbones", "LOWPS_BACKBONES",
+__all__ = ["Backbone", "LayerInfo", "create_backbone", "check_backbone_name", "list_backbones", "LOWPS_BACKBONES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,18 +116,26 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def check_backbone_name(name: str) -> str:
+    """The timm name of backbone ``name``; an error listing close matches if there is no such model."""
+    import difflib
+
+    arch = _timm_name(name)
+    if timm.is_model(arch):
+        return arch
+    close = difflib.get_close_matches(arch, list(dict.fromkeys([*LOWPS_BACKBONES, *timm.list_models()])), n=5, cutoff=0.75) if arch else []
+    raise ValueError(f"unknown backbone {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ".")
+                     + f" lowps backbones: {', '.join(LOWPS_BACKBONES)}; any timm model name also works "
+                     "(timm.list_models())")
+
+
 def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
     """Build a backbone by timm name (``"resnet6"``, ``"timm:convnext_tiny"``, ...), randomly initialised.
 
     Weights are loaded separately (:func:`lowps.weights.load_into`). ``num_classes`` keeps a
     classifier on the underlying model (used by training and by checkpoints that carry one).
     """
-    arch = _timm_name(name)
-    if not timm.is_model(arch):
-        close = timm.list_models(f"*{arch[:6]}*")[:8] if arch else []
-        raise ValueError(
-            f"unknown backbone {name!r}. lowps backbones: {', '.join(LOWPS_BACKBONES)}; any timm model "
-            f"name also works (timm.list_models())." + (f" Similar timm names: {', '.join(close)}" if close else ""))
+    arch = check_backbone_name(name)
     with _seeded(seed):
         extra = {"init_seed": seed} if arch in _TPU_ARCHS else {}
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..inputs import IMAGE_EXTENSIONS as _IMG_EXT  # one list for all of lowps
+
 __all__ = ["ClassificationData", "DataError", "load_split", "parse_spec"]
 
-_IMG_EXT = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
 
 class DataError(ValueError):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone, create_backbone
-from .hub import ChecksumError, DownloadError, OfflineError, cache_dir, download_file, sha256_file
+from .hub import ChecksumError, DownloadError, OfflineError, cache_dir, download_file, offline, sha256_file
 
 __all__ = ["WeightsEntry", "list", "get", "path", "download", "load", "verify", "build_backbone",
            "load_head", "load_state_dict", "save_checkpoint", "default_for", "cache_dir",
@@ -229,9 +229,9 @@ def _num_classes(backbone: Backbone, state: dict[str, torch.Tensor], meta: dict[
 
 def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbone:
     """Create backbone ``name`` with ``weights`` (see module docstring); records name and sha256 on it."""
-    from ..backbones import _timm_name
+    from ..backbones import check_backbone_name
 
-    arch = _timm_name(name)
+    arch = check_backbone_name(name)
     if weights is None:
         entry = default_for(arch)
         if entry is None:
@@ -249,7 +249,18 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
         import timm
 
         bb = create_backbone(arch)
-        bb.model.load_state_dict(timm.create_model(arch, pretrained=True, num_classes=0).state_dict())
+        if offline():
+            # timm's hub client would otherwise retry the network for over a minute before failing
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            pretrained = timm.create_model(arch, pretrained=True, num_classes=0)
+        except Exception as e:  # huggingface_hub / urllib errors: no network, not cached
+            hint = (" LOWPS_OFFLINE is set: place timm's files in the Hugging Face cache ($HF_HOME) on a machine "
+                    "with network (timm.create_model(name, pretrained=True) there), or pass weights=<file>."
+                    if offline() else " Check the network, or pass weights=<file>.")
+            raise OfflineError(f"timm's pretrained weights for {arch!r} could not be loaded ({type(e).__name__}: "
+                               f"{str(e)[:200]}).{hint}") from e
+        bb.model.load_state_dict(pretrained.state_dict())
         bb.weights_name, bb.weights_sha256 = "timm", None
         return bb
     state, meta, digest = load_state_dict(weights)
