@@ -12,6 +12,8 @@ class FileServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.drop_after: dict[str, list[int]] = {}
+        self.trickle: dict[str, float] = {}  # path -> seconds between 1-byte writes
+        self.redirect: dict[str, str] = {}  # path -> Location of a 302
         self.log: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         server = self
@@ -23,6 +25,11 @@ class FileServer:
             def do_GET(self):  # noqa: N802
                 with server.lock:
                     server.log.append((self.path, self.headers.get("Range")))
+                if self.path in server.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect[self.path])
+                    self.end_headers()
+                    return
                 data = server.files.get(self.path)
                 if data is None:
                     self.send_error(404, "Not Found")
@@ -44,6 +51,17 @@ class FileServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
+                if self.path in server.trickle:
+                    import time
+                    try:
+                        for i in range(min(len(body), 200)):  # bounded: a test server must stop by itself
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(server.trickle[self.path])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
                 drop = server.drop_after.get(self.path)
                 if drop and drop[1] > 0:
                     drop[1] -= 1

@@ -4,6 +4,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+import lowps
 
 from httpserver import FileServer
 from lowps.weights.hub import (ChecksumError, DownloadError, OfflineError, cache_dir, download_file,
@@ -133,3 +136,70 @@ def test_two_processes_fetch_one_file(server, tmp_path):
     assert results == [SHA, SHA]
     assert sum(1 for path, _ in server.log if path == "/w.bin") == 1  # the lock made the second wait
     assert dest.read_bytes() == DATA
+
+
+# -- hardening: the wrong file is never served, bad files never stay, slow servers cannot hang a call --
+
+def _r6_bytes(tmp_path, seed):
+    from lowps.backbones import create_backbone
+    p = tmp_path / f"r6_{seed}.safetensors"
+    lowps.weights.save_checkpoint(p, create_backbone("resnet6", seed=seed).model, arch="resnet6", num_classes=0)
+    return p.read_bytes()
+
+
+def test_same_file_name_at_two_urls_are_two_cache_entries(tmp_path):
+    a, b = _r6_bytes(tmp_path, 1), _r6_bytes(tmp_path, 2)
+    with FileServer() as s1, FileServer() as s2:
+        s1.files["/ok/r6.safetensors"] = a
+        s2.files["/ok/r6.safetensors"] = b
+        m1 = lowps.PerceptualDistance(weights=s1.url + "/ok/r6.safetensors")
+        m2 = lowps.PerceptualDistance(weights=s2.url + "/ok/r6.safetensors")
+        assert len(s2.log) == 1  # the second URL was fetched, not served from the first one's file
+    w1 = next(m1.backbone.parameters())
+    w2 = next(m2.backbone.parameters())
+    assert not torch.equal(w1, w2)
+    assert lowps.weights.url_cache_path(s1.url + "/ok/r6.safetensors").name == "r6.safetensors"
+
+
+def test_html_page_as_weights_is_refused_and_not_kept(tmp_path):
+    good = _r6_bytes(tmp_path, 1)
+    with FileServer() as s:
+        url = s.url + "/w.safetensors"
+        s.files["/w.safetensors"] = b"<html><body>Please log in to the network</body></html>"
+        with pytest.raises(lowps.weights.WeightsError, match="not a valid safetensors file"):
+            lowps.PerceptualDistance(weights=url)
+        assert not lowps.weights.url_cache_path(url).exists()
+        s.files["/w.safetensors"] = good  # the portal is gone: the next call downloads again and works
+        lowps.PerceptualDistance(weights=url)
+        assert len(s.log) == 2
+
+
+def test_trickling_server_hits_the_deadline(tmp_path):
+    import time
+    from lowps.weights.hub import DownloadError, download_file
+    with FileServer() as s:
+        s.files["/slow.bin"] = b"x" * 1000
+        s.trickle["/slow.bin"] = 0.05
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match="deadline"):
+            download_file(s.url + "/slow.bin", tmp_path / "slow.bin", None, progress=False, retries=0,
+                          timeout=5, deadline=1.0)
+        assert time.monotonic() - start < 10
+    assert not (tmp_path / "slow.bin").exists()
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x"])
+def test_redirects_to_other_schemes_are_clear_errors(tmp_path, target):
+    from lowps.weights.hub import DownloadError, download_file
+    with FileServer() as s:
+        s.redirect["/r.safetensors"] = target
+        with pytest.raises(DownloadError, match="only http"):
+            download_file(s.url + "/r.safetensors", tmp_path / "r.safetensors", None, progress=False)
+
+
+def test_manifest_entry_outside_the_cache_is_refused(monkeypatch):
+    from lowps.weights import WeightsEntry
+    e = lowps.weights.get("resnet6-tiny-s100")
+    bad = WeightsEntry(**{**e.__dict__, "file": "../../escaped.safetensors", "embedded": False})
+    with pytest.raises(lowps.weights.WeightsError, match="outside"):
+        bad.local_path()

@@ -60,9 +60,14 @@ class WeightsEntry:
 
     def local_path(self) -> Path:
         """Where the file lives: inside the package if embedded, else in the cache."""
-        if self.embedded:
-            return Path(str(resources.files("lowps.weights") / "files" / self.file))
-        return cache_dir() / "weights" / self.file
+        base = Path(str(resources.files("lowps.weights") / "files")) if self.embedded else cache_dir() / "weights"
+        p = base / self.file
+        # a manifest entry must name a file inside its folder: never a path that climbs out ("../")
+        if Path(self.file).is_absolute() or ".." in Path(self.file).parts or \
+                not os.path.abspath(p).startswith(os.path.abspath(base) + os.sep):
+            raise WeightsError(f"registry entry {self.name!r} names the file {self.file!r}, which is outside "
+                               f"{base}; the manifest is invalid")
+        return p
 
 
 @lru_cache(maxsize=1)
@@ -128,14 +133,25 @@ def verify(name_or_path: str | os.PathLike[str], sha256: str | None = None) -> s
     return digest
 
 
+def url_cache_path(url: str) -> Path:
+    """Where a user-given URL is cached: keyed by a hash of the *whole* URL (two URLs ending in the same
+    file name never share a file), with the last path segment kept as a readable, sanitised name."""
+    import hashlib
+    import re
+
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    last = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", last).lstrip(".") or "weights"
+    return cache_dir() / "url" / key / name[:100]
+
+
 def _resolve_file(spec: str | os.PathLike[str]) -> tuple[Path, WeightsEntry | None]:
     s = os.fspath(spec)
     if s in _manifest():
         e = get(s)
         return (download(s) if not e.embedded else e.local_path()), e
     if s.startswith(("http://", "https://")):
-        name = s.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "weights"
-        return download_file(s, cache_dir() / "url" / name, None), None
+        return download_file(s, url_cache_path(s), None), None
     p = Path(s).expanduser()
     if p.is_file():
         return p, None
@@ -150,22 +166,22 @@ def load_state_dict(spec: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     ``torch.load(weights_only=True)`` (no pickled code runs).
     """
     p, entry = _resolve_file(spec)
-    digest = sha256_file(p)
-    if entry is not None and digest != entry.sha256:
-        raise ChecksumError(f"{p}: sha256 {digest} does not match the registry's {entry.sha256} for "
-                            f"{entry.name}; delete the file and download it again")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
+    from_url = entry is None and os.fspath(spec).startswith(("http://", "https://"))
+    try:
+        return _load_file(p, entry)
+    except WeightsError:
+        if from_url:  # never keep a downloaded file that does not parse: the next call downloads again
+            p.unlink(missing_ok=True)
+        raise
 
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # SafetensorError: corrupt, truncated, empty, or an HTML page saved as weights
-            raise WeightsError(f"{p} is not a valid safetensors file ({e}): it is corrupt, truncated or not "
-                               "weights at all (e.g. an HTML page); delete it and download or export it "
-                               "again") from e
-    elif p.suffix in (".pth", ".pt", ".bin"):
+
+def _load_file(p: Path, entry: WeightsEntry | None) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    suffix = p.suffix.lower()
+    if suffix in (".pth", ".pt", ".bin"):
+        digest = sha256_file(p)
+        if entry is not None and digest != entry.sha256:
+            raise ChecksumError(f"{p}: sha256 {digest} does not match the registry's {entry.sha256} for "
+                                f"{entry.name}; delete the file and download it again")
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -175,9 +191,33 @@ def load_state_dict(spec: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise WeightsError(f"{p} does not hold a flat state dict of tensors")
-        state, meta = obj, {}
-    else:
+        return _finish_state(p, obj, {}, digest, entry)
+    if suffix != ".safetensors" and not p.name.startswith("weights"):
         raise WeightsError(f"{p}: unknown weights format {p.suffix!r}; use .safetensors (or .pth/.pt)")
+    return _load_safetensors(p, entry)  # .safetensors, or a URL without a usable name: safetensors or an error
+
+
+def _load_safetensors(p: Path, entry: WeightsEntry | None, digest: str | None = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    from safetensors import safe_open
+
+    digest = digest or sha256_file(p)
+    if entry is not None and digest != entry.sha256:
+        raise ChecksumError(f"{p}: sha256 {digest} does not match the registry's {entry.sha256} for "
+                            f"{entry.name}; delete the file and download it again")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError: corrupt, truncated, empty, or an HTML page saved as weights
+        raise WeightsError(f"{p} is not a valid safetensors file ({e}): it is corrupt, truncated or not "
+                           "weights at all (e.g. an HTML page); delete it and download or export it "
+                           "again") from e
+    return _finish_state(p, state, meta, digest, entry)
+
+
+def _finish_state(p: Path, state: dict[str, torch.Tensor], meta: dict[str, str], digest: str,
+                  entry: WeightsEntry | None) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise WeightsError(f"{p}: tensors {bad[:5]} hold NaN or inf values; these weights would give NaN "

@@ -72,12 +72,18 @@ def _ensure_writable(directory: Path) -> None:
 
 def download_file(url: str | list[str], dest: str | os.PathLike[str], sha256: str | None, *,
                   size: int | None = None, progress: bool = True, timeout: float = 30.0,
-                  retries: int = 3, backoff: float = 0.5, desc: str | None = None) -> Path:
+                  retries: int = 3, backoff: float = 0.5, desc: str | None = None,
+                  deadline: float | None = None) -> Path:
     """Fetch ``url`` (or the first working of several mirrors) to ``dest``; return ``dest``.
 
     Returns at once when ``dest`` exists with the right checksum. ``sha256=None`` skips the
-    check (only for user-given URLs; every registry entry has a checksum).
+    check (only for user-given URLs; every registry entry has a checksum). ``timeout`` bounds each
+    connect/read; ``deadline`` bounds each attempt's whole transfer, so a server that trickles bytes
+    cannot stall a call forever (default: ``$LOWPS_DOWNLOAD_DEADLINE`` or 1 hour, plus 1 s per 100 kB
+    of a known size).
     """
+    if deadline is None:
+        deadline = float(os.environ.get("LOWPS_DOWNLOAD_DEADLINE", 3600)) + (size or 0) / 1e5
     dest = Path(dest)
     urls = [url] if isinstance(url, str) else list(url)
     if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
@@ -101,7 +107,7 @@ def download_file(url: str | list[str], dest: str | os.PathLike[str], sha256: st
         for u in urls:
             for attempt in range(retries + 1):
                 try:
-                    _fetch(u, part, size, progress, timeout, desc or dest.name)
+                    _fetch(u, part, size, progress, timeout, desc or dest.name, deadline)
                     ok = True
                     break
                 except _Fatal as e:
@@ -112,6 +118,9 @@ def download_file(url: str | list[str], dest: str | os.PathLike[str], sha256: st
                     errors.append(f"{u}: {type(e).__name__}: {e}")
                     if attempt < retries:
                         time.sleep(backoff * (2 ** attempt))
+                except requests.RequestException as e:  # redirect loops, file:// or ftp:// redirects, bad URLs
+                    errors.append(f"{u}: {type(e).__name__}: {e} (only http(s) downloads are supported)")
+                    break
             if ok:
                 break
         if not ok:
@@ -135,7 +144,30 @@ class _Fatal(Exception):
     """An HTTP answer that retrying will not change (4xx, bad range)."""
 
 
-def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float, desc: str) -> None:
+def _chunks_as_they_arrive(r: requests.Response):  # type: ignore[no-untyped-def]
+    """The body in pieces as the network delivers them: ``iter_content`` blocks until a whole chunk
+    has arrived, which would let a server that trickles bytes stall the deadline check."""
+    read1 = getattr(r.raw, "read1", None)
+    if read1 is None:  # urllib3 < 2
+        yield from r.iter_content(_CHUNK)
+        return
+    try:
+        while True:
+            chunk = read1(_CHUNK, decode_content=True)
+            if not chunk:
+                return
+            yield chunk
+    except Exception as e:  # urllib3's ProtocolError etc.: map to what the retry loop understands
+        import urllib3
+
+        if isinstance(e, (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, OSError)):
+            raise requests.exceptions.ChunkedEncodingError(str(e)) from e
+        raise
+
+
+def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float, desc: str,
+           deadline: float = float("inf")) -> None:
+    end = time.monotonic() + deadline
     have = part.stat().st_size if part.is_file() else 0
     if size is not None and have == size:
         return
@@ -161,9 +193,12 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: floa
             total = start + int(r.headers["Content-Length"])
         with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=desc,
                                          disable=not progress, leave=False) as bar:
-            for chunk in r.iter_content(_CHUNK):
+            for chunk in _chunks_as_they_arrive(r):
                 f.write(chunk)
                 bar.update(len(chunk))
+                if time.monotonic() > end:
+                    raise requests.Timeout(f"{url}: the transfer took longer than its {deadline:.0f} s deadline "
+                                           "(the server sends too slowly); partial data kept for a resume")
         expected = r.headers.get("Content-Length")
         if expected is not None and part.stat().st_size - start < int(expected):
             raise requests.exceptions.ChunkedEncodingError(
