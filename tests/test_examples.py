@@ -23,7 +23,8 @@ def run(*args, cwd=None):
 def test_restoration_loss_improves():
     # validation passes under inference_mode run between training steps with the loss's metric object
     out = run(EX / "restoration_loss.py", "--steps", "30", "--val-every", "10")
-    lp_before, lp_after = (float(v) for v in out.split("lowps ")[1].strip().split(" -> "))
+    import re
+    lp_before, lp_after = (float(v) for v in re.search(r"; lowps (\S+) -> (\S+)", out).groups())
     assert lp_after < lp_before
 
 
