@@ -22,7 +22,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_distance import cpu_name  # noqa: E402
 
 import lowps  # noqa: E402
-from lowps.pairwise import embed_all  # noqa: E402
+from lowps.allpairs import embed_all  # noqa: E402
 
 
 def main() -> None:

@@ -20,8 +20,17 @@ def test_docs_build_without_warnings(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "WARNING" not in r.stderr
-    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    api = (tmp_path / "site" / "api" / "metric" / "index.html").read_text()
     assert "PerceptualDistance" in api and "Kumar et al. 2022" in api
+    import re
+    site = tmp_path / "site"
+    for page in site.rglob("*.html"):
+        html = page.read_text()
+        # works offline: no script or stylesheet from another host, no raw Sphinx roles, no edit link
+        assert not re.search(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//", html), page
+        assert not re.search(r":(?:class|func|meth|mod):`", html), page
+        assert "Edit on" not in html, page
+    assert (site / "css" / "pygments.css").is_file() and 'class="highlight"' in (site / "quickstart" / "index.html").read_text()
 
 
 def test_readme_commands_are_the_ci_commands():

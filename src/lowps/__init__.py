@@ -3,28 +3,94 @@
 Kumar, Houlsby, Kalchbrenner, Cubuk. "Do better ImageNet classifiers assess perceptual similarity
 better?" TMLR 2022. The public surface:
 
-* :class:`PerceptualDistance`: the metric as an ``nn.Module`` (backbone -> feature taps -> head);
-* :func:`distance`: the functional form with a cached module;
-* :class:`LPIPS`: a drop-in for ``lpips.LPIPS`` (same signature and numbers), with the helpers
+* `PerceptualDistance`: the metric as an ``nn.Module`` (backbone -> feature taps -> head);
+* `distance`: the functional form with a cached module;
+* `pairwise` / `nearest`: all-pairs distances and retrieval as matrix products;
+* `LPIPS`: a drop-in for ``lpips.LPIPS`` (same signature and numbers), with the helpers
   ``lpips`` exports (``im2tensor``, ``load_image``, ``tensor2im``, ``psnr``, ...), so
   ``import lowps as lpips`` runs lpips's scripts;
-* :mod:`lowps.weights`: the weights registry, downloads and checkpoint loading;
-* :mod:`lowps.backbones` / :mod:`lowps.heads`: the building blocks.
+* `lowps.weights`: the weights registry, downloads and checkpoint loading;
+* `lowps.backbones` / `lowps.heads`: the building blocks.
+
+Attributes load on first use (PEP 562), so ``import lowps`` and the CLIs' ``--help`` do not pay for
+timm and torchvision. lowps's models join timm's registry as soon as timm is imported, before or
+after lowps, so ``timm.create_model("resnet6")`` works in any order.
 """
 from __future__ import annotations
 
-from . import backbones, heads, weights
-from .backbones import list_backbones
-from .functional import distance, get_metric
-from .heads import HEADS
-from .inputs import InputError
-from .lpips_compat import LPIPS
-from .lpips_utils import (dssim, im2tensor, l2, load_image, normalize_tensor, np2tensor, psnr, rgb2lab,  # noqa: F401
-                          tensor2im, tensor2np, tensor2tensorlab, tensor2vec, tensorlab2tensor, voc_ap)
-from .metric import PerceptualDistance
-from .pairwise import nearest, pairwise
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "pairwise", "nearest", "list_backbones", "HEADS", "InputError",
-           "backbones", "heads", "weights", "__version__"]
+#: public name -> the submodule that defines it
+_ATTRS = {
+    "PerceptualDistance": "metric", "distance": "functional", "get_metric": "functional", "pairwise": "allpairs",
+    "nearest": "allpairs", "list_backbones": "backbones", "HEADS": "heads", "InputError": "inputs",
+    "LPIPS": "lpips_compat",
+    **{name: "lpips_utils" for name in ("dssim", "im2tensor", "l2", "load_image", "normalize_tensor", "np2tensor",
+                                        "psnr", "rgb2lab", "tensor2im", "tensor2np", "tensor2tensorlab",
+                                        "tensor2vec", "tensorlab2tensor", "voc_ap")},
+}
+# No submodule may share a name with an attribute above (importing it would rebind the package attribute).
+_SUBMODULES = ("backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs", "evaluate",
+               "data", "train", "lpips_compat", "lpips_utils", "sanity")
+
+__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "pairwise", "nearest", "list_backbones", "HEADS",
+           "InputError", "backbones", "heads", "weights", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ATTRS:
+        value = getattr(importlib.import_module(f".{_ATTRS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'lowps' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ATTRS) | set(_SUBMODULES))
+
+
+# -- timm registry: register lowps's models whenever timm is (or has been) imported ----------------
+
+def _register_models() -> None:
+    importlib.import_module(".backbones", __name__)
+
+
+class _AfterTimm(importlib.abc.MetaPathFinder):
+    """Runs `_register_models` right after ``import timm`` finishes (a post-import hook)."""
+
+    def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+        if fullname != "timm":
+            return None
+        sys.meta_path.remove(self)  # find the real spec with the other finders, once
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        loader = spec.loader
+        real_exec = loader.exec_module  # type: ignore[attr-defined]
+
+        def exec_module(module):  # type: ignore[no-untyped-def]
+            real_exec(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            _register_models()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+if "timm" in sys.modules:
+    _register_models()
+elif not any(isinstance(f, _AfterTimm) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterTimm())

@@ -64,6 +64,6 @@ def write_text_atomic(path: str | os.PathLike[str], write: Callable[[TextIO], No
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> Path:
-    """Strict JSON (``null`` for NaN/inf), written atomically (:func:`write_text_atomic`)."""
+    """Strict JSON (``null`` for NaN/inf), written atomically (`write_text_atomic`)."""
     data = strict_json(obj)
     return write_text_atomic(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))

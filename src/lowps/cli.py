@@ -172,7 +172,7 @@ def _cmd_dirs(a: argparse.Namespace) -> int:
 
 def _cmd_allpairs(a: argparse.Namespace) -> int:
     from .functional import get_metric
-    from .pairwise import pairwise
+    from .allpairs import pairwise
 
     files = _images_in(a.dir)
     other = _images_in(a.other) if a.other else None

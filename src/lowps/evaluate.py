@@ -1,6 +1,6 @@
 """Score a metric on BAPPS: distances over a dataset (optionally sharded under torchrun) -> report.
 
-Used by ``lowps-score``; the numbers come from :mod:`lowps.scoring` applied to distances that the
+Used by ``lowps-score``; the numbers come from `lowps.scoring` applied to distances that the
 chosen metric computes on [0, 1] images.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str
                  weights: str | None = None, head_weights: str | None = None, layers: list | None = None,
                  device: str | torch.device = "cpu", per_layer: bool = False, precision: str = "fp32",
                  force_precision: bool = False) -> Scorer:
-    """A :class:`Scorer` for ``metric``: ``"lowps"`` (a :class:`PerceptualDistance`) or a baseline."""
+    """A `Scorer` for ``metric``: ``"lowps"`` (a `PerceptualDistance`) or a baseline."""
     device = torch.device(device)
     if metric != "lowps" and precision != "fp32":
         raise ValueError(f"precision={precision!r} applies to lowps metrics only; baselines run in float32 "
@@ -164,7 +164,7 @@ def evaluate_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: 
 
 def _tuple_distances(ds: Dataset, scorer: Scorer, kind: str, batch_size: int, device: torch.device,
                      num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
-    """Distances for every record of an :class:`~lowps.data.judgements.ImageTuples` set.
+    """Distances for every record of an `ImageTuples` set.
 
     Records may differ in size from row to row (MOS sets at their native size): each loaded batch
     is split into groups of one size before it reaches the metric. Under torchrun each rank takes
@@ -205,11 +205,11 @@ def evaluate_judgements(dataset: str, records: list, scorer: Scorer, *, higher_i
                         resize: int | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 32,
                         device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
                         source: str = "", keep_distances: bool = False) -> dict:
-    """Score ``scorer`` on a judgement set read by :mod:`lowps.data.judgements`; returns the report.
+    """Score ``scorer`` on a judgement set read by `lowps.data.judgements`; returns the report.
 
-    2AFC sets (:class:`~lowps.data.judgements.Triplet` records): the BAPPS 2AFC score and the App. J
+    2AFC sets (`Triplet` records): the BAPPS 2AFC score and the App. J
     rank correlation, per category and over all triplets (``"all"``). MOS sets
-    (:class:`~lowps.data.judgements.Rated`): SRCC, KRCC, PLCC (5-parameter logistic) and RMSE, per
+    (`Rated`): SRCC, KRCC, PLCC (5-parameter logistic) and RMSE, per
     distortion type and overall. Every statistic gets a 95% percentile-bootstrap interval over
     ``bootstrap`` resamples of reference images (``numpy.random.default_rng(seed)``).
     """

@@ -29,7 +29,7 @@ def get_metric(backbone: str = "resnet6", distance: str = "meanpool", weights: W
                head_weights: WeightsSpec = None, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32, precision: str = "fp32", check_inputs: bool = True,
                force_precision: bool = False) -> PerceptualDistance:
-    """The cached :class:`PerceptualDistance` for these options on ``device``/``dtype`` (LRU of 4).
+    """The cached `PerceptualDistance` for these options on ``device``/``dtype`` (LRU of 4).
 
     The cached modules work in every autograd mode in any order (inference_mode, no_grad, grad,
     autocast), so one program can validate and train with the same cached metric.
@@ -54,7 +54,7 @@ def get_metric(backbone: str = "resnet6", distance: str = "meanpool", weights: W
 
 
 def clear_cache() -> None:
-    """Drop the cached modules of :func:`distance`."""
+    """Drop the cached modules of `distance`."""
     _CACHE.clear()
 
 
@@ -70,8 +70,8 @@ def distance(img0: ImageLike, img1: ImageLike, backbone: str = "resnet6", distan
     is built once and cached per device and dtype; tensors decide both (files and PIL images run on
     the CPU in float32). Gradients flow to tensor inputs, so this works as a training loss, on raw
     network outputs too: values up to 10% of the range's width outside ``input_range`` are taken
-    as they are (see :func:`lowps.inputs.check_range`). Options are those of
-    :class:`lowps.PerceptualDistance`.
+    as they are (see `lowps.inputs.check_range`). Options are those of
+    `lowps.PerceptualDistance`.
     """
     ref = img0 if isinstance(img0, torch.Tensor) else img1 if isinstance(img1, torch.Tensor) else None
     dev = ref.device if ref is not None else torch.device("cpu")

@@ -1,6 +1,6 @@
 """The one input validator every lowps entry point uses (module, functional, LPIPS, CLI, scoring).
 
-Bad input raises :class:`InputError` (a ``ValueError``) that names the problem and the fix; nothing
+Bad input raises `InputError` (a ``ValueError``) that names the problem and the fix; nothing
 here ever returns a silently wrong tensor.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def pil_to_tensor(im: Any) -> torch.Tensor:
     EXIF orientation is applied; 16-bit greyscale (``I;16``, ``I``) is scaled by 65535 and 32-bit
     float (``F``) taken as [0, 1] (not clipped to 8 bits, as ``convert("RGB")`` would); palette and
     greyscale images become RGB; alpha (RGBA, LA, PA, palette transparency) is composited over
-    :data:`ALPHA_BACKGROUND`.
+    `ALPHA_BACKGROUND`.
     """
     from PIL import ImageOps
 
@@ -90,7 +90,7 @@ def pil_to_tensor(im: Any) -> torch.Tensor:
 
 
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read an image file as a float tensor (3, H, W) in [0, 1], as it displays (see :func:`pil_to_tensor`).
+    """Read an image file as a float tensor (3, H, W) in [0, 1], as it displays (see `pil_to_tensor`).
 
     The one decoder for the module, the CLIs and every dataset reader. Refuses anything that is not
     a regular file (a FIFO or device would block the read forever).
@@ -154,7 +154,7 @@ OVERSHOOT = 0.1
 
 
 def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input") -> None:
-    """Raise if ``x`` holds NaN/inf or values outside ``input_range`` by more than :data:`OVERSHOOT`.
+    """Raise if ``x`` holds NaN/inf or values outside ``input_range`` by more than `OVERSHOOT`.
 
     Values within 10% of the range's width outside it (e.g. [-0.1, 1.1] for (0, 1)) pass unchanged:
     they are not clamped, so gradients stay intact. The error suggests another range only when the
@@ -223,7 +223,7 @@ def validate_batch(img: torch.Tensor, input_range: tuple[float, float], *, name:
 def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[float, float], *,
                   min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
                   check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate an image pair (see :func:`validate_batch`); both must also share shape and device."""
+    """Validate an image pair (see `validate_batch`); both must also share shape and device."""
     x0, x1 = _as_batch(img0, "img0"), _as_batch(img1, "img1")
     if x0.shape != x1.shape:
         raise InputError(f"img0 and img1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}; "

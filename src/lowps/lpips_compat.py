@@ -16,7 +16,7 @@ Deliberate differences (docs/switching-from-lpips.md):
 * Linear weights load strictly: a missing or unexpected key is an error (``lpips`` silently skips
   them with ``use_dropout=False``, leaving random weights).
 * Inputs are validated: wrong shapes, NaN/inf, or values outside [-1, 1] (or [0, 1] with
-  ``normalize=True``) raise :class:`lowps.InputError`.
+  ``normalize=True``) raise `lowps.InputError`.
 * Gradients stay finite where all channels of a feature vector are zero (``lpips`` gives NaN);
   values differ from ``lpips`` by under 1e-10 relative.
 * The trunk comes from torchvision's ``weights=`` API (no deprecation warnings) and respects

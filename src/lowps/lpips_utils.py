@@ -74,7 +74,7 @@ def tensor2tensorlab(image_tensor: torch.Tensor, to_norm: bool = True, mc_only: 
 
 
 def tensorlab2tensor(lab_tensor: torch.Tensor, return_inbnd: bool = False):  # type: ignore[no-untyped-def]
-    """Inverse of :func:`tensor2tensorlab`; with ``return_inbnd`` also the in-gamut mask."""
+    """Inverse of `tensor2tensorlab`; with ``return_inbnd`` also the in-gamut mask."""
     import warnings
 
     from skimage import color

@@ -56,7 +56,7 @@ class PerceptualDistance(nn.Module):
         distance: ``"meanpool"``, ``"local"`` (LPIPS eq. 1), ``"style"`` or ``"linear"``.
         weights: backbone weights: ``None`` for the backbone's default (for ``resnet6`` the
             checkpoint shipped inside the package), ``"random"`` for a seeded random init, a
-            registry name, a file path or a URL (see :mod:`lowps.weights`).
+            registry name, a file path or a URL (see `lowps.weights`).
         layers: layer names (``"stage1"``..., ``"block0"``...) or indices to use; ``None`` for all.
         input_range: the value range of input tensors, ``(0, 1)`` (default) or ``(-1, 1)``.
         head_weights: for ``distance="linear"``: a file/registry name of trained linear weights, or
@@ -273,8 +273,8 @@ class PerceptualDistance(nn.Module):
         pooled features of each layer scaled by 1/sqrt(C); local/linear: the unit-normalised maps
         scaled by sqrt(w)/sqrt(HW); style: the flattened Gram matrices / C), so
         ``metric(x, y) == ((metric.embed(x) - metric.embed(y)) ** 2).sum(1)`` up to float rounding, and
-        all-pairs distances are matrix products (:func:`lowps.pairwise`, :func:`lowps.nearest`).
-        For a fixed reference compared with many images, embed it once (:meth:`distance_features`).
+        all-pairs distances are matrix products (`lowps.pairwise`, `lowps.nearest`).
+        For a fixed reference compared with many images, embed it once (`distance_features`).
         ``D`` depends on the input size for every head but ``meanpool``.
         """
         x = to_tensor(img, self.input_range)
@@ -291,14 +291,14 @@ class PerceptualDistance(nn.Module):
         return torch.float64 if self._scale.dtype == torch.float64 else torch.float32
 
     def embedding_dim(self, size: tuple[int, int] = (64, 64)) -> int:
-        """Length of :meth:`embed`'s vectors for ``size`` (H, W) inputs."""
+        """Length of `embed`'s vectors for ``size`` (H, W) inputs."""
         with torch.no_grad():
             x = torch.full((1, 3, *size), 0.5, dtype=self._scale.dtype, device=self._scale.device)
             x = x * (self.input_range[1] - self.input_range[0]) + self.input_range[0]
             return int(self.head.embed(self.features(x), self.layer_idx).shape[1])
 
     def distance_features(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
-        """Distances (N,) between :meth:`embed` outputs of two batches; a batch of 1 broadcasts."""
+        """Distances (N,) between `embed` outputs of two batches; a batch of 1 broadcasts."""
         for name, f in (("f0", f0), ("f1", f1)):
             if not isinstance(f, torch.Tensor) or f.ndim != 2:
                 raise InputError(f"{name} must be the (N, D) tensor that metric.embed() returns, got "

@@ -126,7 +126,7 @@ def logistic5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float, b5: flo
 
 
 def fit_logistic5(x: Any, y: Any) -> tuple[np.ndarray, Any]:
-    """Fit :func:`logistic5` from metric values ``x`` to subjective scores ``y``; returns (fitted y, params).
+    """Fit `logistic5` from metric values ``x`` to subjective scores ``y``; returns (fitted y, params).
 
     Least squares by ``scipy.optimize.curve_fit`` (Levenberg-Marquardt) on ``x`` standardised to zero
     mean and unit variance (distances are ~1e-4, which would make the problem badly scaled), from
@@ -157,7 +157,7 @@ def fit_logistic5(x: Any, y: Any) -> tuple[np.ndarray, Any]:
 
 
 def mos_statistics(d: Any, mos: Any, higher_is_better: bool = True) -> dict[str, float | None]:
-    """SRCC, KRCC, PLCC (after :func:`fit_logistic5`) and RMSE of distances ``d`` against ``mos``.
+    """SRCC, KRCC, PLCC (after `fit_logistic5`) and RMSE of distances ``d`` against ``mos``.
 
     Signs: a perfect distance gives +1 whatever the direction of the subjective score: with MOS
     (higher = better quality) a good distance falls as MOS rises, so the rank correlations are taken

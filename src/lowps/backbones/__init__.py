@@ -1,6 +1,6 @@
 """Backbones: a timm model plus the feature taps a perceptual distance reads.
 
-One contract for every backbone (:class:`Backbone`): ``forward(x)`` takes an image batch that is
+One contract for every backbone (`Backbone`): ``forward(x)`` takes an image batch that is
 already normalised with ``backbone.mean`` / ``backbone.std`` and returns one tensor per layer,
 ``(N, C_l, H_l, W_l)``; ``backbone.layers`` describes them. Which taps a model gets:
 
@@ -12,7 +12,7 @@ already normalised with ``backbone.mean`` / ``backbone.std`` and returns one ten
 * Any other timm CNN (``timm:<name>`` or the bare timm name): the last feature map at each of the
   strides 4, 8, 16 and 32 through timm's ``forward_intermediates``.
 
-Names are timm registry names: importing :mod:`lowps` registers lowps' own models there.
+Names are timm registry names: importing `lowps` registers lowps' own models there.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Backbone(nn.Module):
     Attributes:
         arch: the timm model name.
         model: the full timm model (classifier included, so checkpoints load strictly).
-        layers: one :class:`LayerInfo` per tap, in forward order.
+        layers: one `LayerInfo` per tap, in forward order.
         mean, std: per-channel input normalisation on [0, 1] images.
         min_size: the smallest input side the taps are defined for.
         fixed_size: (H, W) for models that only take one input size (timm ViTs without
@@ -132,7 +132,7 @@ def check_backbone_name(name: str) -> str:
 def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
     """Build a backbone by timm name (``"resnet6"``, ``"timm:convnext_tiny"``, ...), randomly initialised.
 
-    Weights are loaded separately (:func:`lowps.weights.load_into`). ``num_classes`` keeps a
+    Weights are loaded separately (`lowps.weights.load_into`). ``num_classes`` keeps a
     classifier on the underlying model (used by training and by checkpoints that carry one).
     """
     arch = check_backbone_name(name)

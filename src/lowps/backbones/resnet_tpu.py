@@ -10,7 +10,7 @@ for reproducing the paper:
 
 The models are registered in timm's registry, so ``timm.create_model("resnet6")`` works once
 ``lowps`` is imported. ``forward_stages`` returns the outputs of the four reduction stages, which is
-the feature contract :mod:`lowps.backbones` builds on.
+the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Layout (``root`` is the ``dataset`` directory, or its parent)::
 
 Files pair by sorted name; every ``judge``/``same`` ``.npy`` holds one float in [0, 1]. The layout is
 validated when a set is opened: differing names or counts, missing folders and unreadable
-``.npy`` files raise :class:`BappsLayoutError` naming the file.
+``.npy`` files raise `BappsLayoutError` naming the file.
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
 def download_bapps(subset: str = "val", base_url: str | None = None, progress: bool = True) -> Path:
     """Fetch and extract BAPPS archives into ``<cache>/bapps/dataset``; return that directory.
 
-    Archives go through :func:`lowps.weights.hub.download_file` (progress, resume, retries, atomic);
+    Archives go through `lowps.weights.hub.download_file` (progress, resume, retries, atomic);
     BAPPS publishes no checksums, so each archive is verified by its length and by extracting it
     completely into a staging folder before anything moves into place. ``LOWPS_BAPPS_URL`` overrides
     the server (a mirror).

@@ -2,17 +2,17 @@
 
 Two kinds of record, whatever the source:
 
-* :class:`Triplet` (2AFC): a reference, two distorted versions ``p0``/``p1`` and ``h``, the fraction
+* `Triplet` (2AFC): a reference, two distorted versions ``p0``/``p1`` and ``h``, the fraction
   of judges who found ``p1`` closer to the reference (BAPPS's convention). Readers: a generic CSV
-  (:func:`read_2afc_csv`) and DreamSim's NIGHTS (:func:`read_nights`).
-* :class:`Rated` (full-reference MOS): a reference, a distorted image and its subjective score.
-  Readers: a generic CSV (:func:`read_mos_csv`), TID2013 (:func:`read_tid2013`), KADID-10k
-  (:func:`read_kadid10k`) and PIPAL's training release (:func:`read_pipal`).
+  (`read_2afc_csv`) and DreamSim's NIGHTS (`read_nights`).
+* `Rated` (full-reference MOS): a reference, a distorted image and its subjective score.
+  Readers: a generic CSV (`read_mos_csv`), TID2013 (`read_tid2013`), KADID-10k
+  (`read_kadid10k`) and PIPAL's training release (`read_pipal`).
 
 Every reader checks, before anything is scored: the score file's columns, each referenced image
 exists as a regular file (no FIFOs/devices, which would hang), values are finite and in range, no
 row appears twice, and the images of one row have one size (read from the file headers). Problems
-raise :class:`JudgementLayoutError` naming the file and row. Layouts and licences: docs/benchmarks.md.
+raise `JudgementLayoutError` naming the file and row. Layouts and licences: docs/benchmarks.md.
 """
 from __future__ import annotations
 

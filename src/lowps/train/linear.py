@@ -1,7 +1,7 @@
 """Learn LPIPS-style linear heads on BAPPS 2AFC (Zhang et al. 2018 protocol, over any lowps backbone).
 
 The frozen backbone's unit-normalised feature differences are weighted per channel by ``w >= 0``
-(:class:`lowps.heads.LinearHead`). A small "Dist2Logit" network maps ``(d0, d1)`` to the
+(`lowps.heads.LinearHead`). A small "Dist2Logit" network maps ``(d0, d1)`` to the
 probability that raters chose ``p1``, trained with binary cross-entropy against the judge ``h``.
 Adam (lr 1e-4, beta1 0.5), ``epochs`` at the full rate then ``decay_epochs`` of linear decay, batch
 50; the weights are clamped to ``w >= 0`` after every step. lowps starts the weights at 1 (the

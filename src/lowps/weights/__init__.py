@@ -6,11 +6,11 @@
   loaded with no network);
 * ``"random"``: a seeded random initialisation (the paper's random-network baseline);
 * ``"timm"``: timm's own pretrained weights for a timm model (fetched by timm/huggingface_hub);
-* a registry name (:func:`list`), a local ``.safetensors`` / ``.pth`` file, or an http(s) URL.
+* a registry name (`list`), a local ``.safetensors`` / ``.pth`` file, or an http(s) URL.
 
 Registry entries live in ``manifest.json`` next to this file: name, architecture, file, URLs,
 sha256, size, license, source, recipe and known metrics. Embedded entries ship in the wheel;
-the others are fetched into the cache by :mod:`lowps.weights.hub`.
+the others are fetched into the cache by `lowps.weights.hub`.
 """
 from __future__ import annotations
 
@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..backbones import Backbone, create_backbone
 from .hub import ChecksumError, DownloadError, OfflineError, cache_dir, download_file, offline, sha256_file
 
-__all__ = ["WeightsEntry", "list", "get", "path", "download", "load", "verify", "build_backbone",
+if TYPE_CHECKING:
+    from ..backbones import Backbone
+
+__all__ = ["WeightsEntry", "list", "get", "path", "download", "verify", "build_backbone", "url_cache_path",
            "load_head", "load_state_dict", "save_checkpoint", "default_for", "cache_dir",
            "DownloadError", "OfflineError", "ChecksumError", "WeightsError"]
 
@@ -102,7 +104,7 @@ def default_for(arch: str) -> WeightsEntry | None:
 
 
 def path(name: str) -> Path:
-    """Local path of a registry entry (it may not exist yet; :func:`download` fetches it)."""
+    """Local path of a registry entry (it may not exist yet; `download` fetches it)."""
     return get(name).local_path()
 
 
@@ -259,7 +261,7 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
     module.load_state_dict(state, strict=False)  # strictness checked above, with readable errors
 
 
-def _num_classes(backbone: Backbone, state: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
+def _num_classes(backbone: "Backbone", state: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     if "num_classes" in meta:
         return int(meta["num_classes"])
     clf = backbone.model.pretrained_cfg.get("classifier", "fc") if hasattr(backbone.model, "pretrained_cfg") else "fc"
@@ -267,9 +269,9 @@ def _num_classes(backbone: Backbone, state: dict[str, torch.Tensor], meta: dict[
     return int(w.shape[0]) if w is not None else 0
 
 
-def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbone:
+def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> "Backbone":
     """Create backbone ``name`` with ``weights`` (see module docstring); records name and sha256 on it."""
-    from ..backbones import check_backbone_name
+    from ..backbones import check_backbone_name, create_backbone  # timm: imported only when a model is built
 
     arch = check_backbone_name(name)
     if weights is None:

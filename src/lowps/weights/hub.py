@@ -1,10 +1,10 @@
 """Downloads for lowps: streamed, resumable, checksum-verified, atomic and safe across processes.
 
 * The cache is ``$LOWPS_HOME`` if set, else ``$XDG_CACHE_HOME/lowps``, else ``~/.cache/lowps``.
-* ``LOWPS_OFFLINE=1`` never touches the network; a missing file raises :class:`OfflineError` naming
+* ``LOWPS_OFFLINE=1`` never touches the network; a missing file raises `OfflineError` naming
   the exact file to place and where.
 * A file enters the cache only after its sha256 (and size, when known) matched: bytes go to
-  ``<cache>/.partial/<name>.part`` and are renamed into place with :func:`os.replace`.
+  ``<cache>/.partial/<name>.part`` and are renamed into place with `os.replace`.
 * An interrupted transfer keeps its ``.part`` file; the next attempt (within the same call, up to
   ``retries`` times, or a later call) resumes it with an HTTP ``Range`` request.
 * A lock file (``filelock``) serialises processes fetching the same file.

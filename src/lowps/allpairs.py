@@ -1,7 +1,7 @@
 """All-pairs distances and nearest neighbours as matrix products over per-image embeddings.
 
 Every lowps head is a squared Euclidean distance between per-image vectors
-(:meth:`PerceptualDistance.embed`), so an N x M matrix costs N + M forward passes plus one matrix
+(`PerceptualDistance.embed`), so an N x M matrix costs N + M forward passes plus one matrix
 product, ``||a||^2 + ||b||^2 - 2 a.b``, accumulated in float64 (distances of close images are small
 differences of large norms, which float32 would lose), in row blocks that bound memory.
 """
@@ -89,10 +89,10 @@ def pairwise(a: torch.Tensor | Sequence[ImageLike], b: torch.Tensor | Sequence[I
              progress: bool = False, **options: object) -> torch.Tensor:
     """The N x M distance matrix between images ``a`` and ``b`` (``b=None``: ``a`` against itself).
 
-    Every image goes through the backbone once (:meth:`PerceptualDistance.embed`); the matrix is
-    then ``||a||^2 + ||b||^2 - 2 a.b`` in float64 (:func:`pairwise_embeddings`), equal to the
+    Every image goes through the backbone once (`PerceptualDistance.embed`); the matrix is
+    then ``||a||^2 + ||b||^2 - 2 a.b`` in float64 (`pairwise_embeddings`), equal to the
     per-pair module within float rounding (tested to 1e-5 relative for every head). ``metric`` (or
-    the options of :func:`lowps.distance`) selects the metric. No gradients flow (use the module for
+    the options of `lowps.distance`) selects the metric. No gradients flow (use the module for
     losses). ``chunk`` is accepted for compatibility and ignored (memory is bounded per row block).
     """
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]

@@ -1,0 +1,46 @@
+"""The package surface: lazy imports, timm registration in any import order, one version."""
+import pkgutil
+import subprocess
+import sys
+
+import lowps
+
+
+def _run(code):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_import_lowps_is_light():
+    out = _run("import sys, lowps; print('timm' in sys.modules, 'torchvision' in sys.modules, 'scipy' in sys.modules)")
+    assert out.split() == ["False", "False", "False"]
+
+
+def test_cli_help_imports_no_torch():
+    out = _run("import sys; from lowps.cli import build_parser, build_score_parser; build_parser(); "
+               "build_score_parser(); print('torch' in sys.modules)")
+    assert out.strip() == "False"
+
+
+def test_timm_registry_in_either_import_order():
+    for code in ("import lowps, timm; print(type(timm.create_model('resnet6')).__name__)",
+                 "import timm, lowps; print(type(timm.create_model('resnet6')).__name__)"):
+        assert _run(code).strip() == "TPUResNet"
+
+
+def test_no_attribute_is_shadowed_by_a_submodule():
+    modules = {m.name for m in pkgutil.iter_modules(lowps.__path__)}
+    assert not set(lowps._ATTRS) & modules
+    for name in lowps.__all__:
+        assert getattr(lowps, name) is not None
+    assert callable(lowps.pairwise) and callable(lowps.nearest)
+
+
+def test_star_imports_work():
+    _run("from lowps import *; from lowps.weights import *; from lowps.scoring import *")
+
+
+def test_version_is_defined_once():
+    from importlib.metadata import version
+    assert version("lowps") == lowps.__version__
