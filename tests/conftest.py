@@ -23,6 +23,14 @@ def tiny_imagenet():
     return TINY
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous), so parallel runs never collide."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def pair(n=2, size=64, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g, dtype=dtype), torch.rand(n, 3, size, size, generator=g, dtype=dtype)

@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_distance_tiny_run_with_memory(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distance.py"), "--sizes", "32",

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 import torch
 
 import lowps
@@ -68,9 +69,10 @@ def test_bad_root_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
             "-m", "lowps.cli_score"]
     args = ["--root", str(root), "--weights", "random", "--batch-size", "4", "--quiet"]
     two = tmp_path / "two.json"

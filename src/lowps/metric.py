@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, create_backbone
-from .backbones.resnet_tpu import TPUResNet
 from .heads import Head, LinearHead, create_head
 from .inputs import ImageLike, InputError, parse_input_range, to_tensor, validate_batch, validate_pair
 
@@ -129,8 +128,7 @@ class PerceptualDistance(nn.Module):
         # Fast paths that keep results within float rounding (<1e-6 relative): BatchNorm folded into
         # the convs and ResNet-6's shortcuts merged into its 3x3 convs (the metric never trains its
         # trunk; TPUResNet.fuse), and channels_last convolutions.
-        if isinstance(self.backbone.model, TPUResNet):
-            self.backbone.model.fuse()
+        self.backbone.reparameterize()
         if self.backbone.kind != "cls":
             self.backbone.to(memory_format=torch.channels_last)
         self._set_trunk_precision()

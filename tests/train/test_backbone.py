@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 import torch
 from safetensors.torch import load_file
 
@@ -55,7 +56,7 @@ def test_interrupted_run_resumes_identically(data, tmp_path):
 
 def test_torchrun_two_cpu_processes(data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "lowps.cli", "train", "backbone", "--arch", "resnet6", "--data", f"tiny-imagenet:{data}",
            "--epochs", "1", "--batch-size", "16", "--ckpt-every", "2", "--ckpt-steps", "0",
            "--out", str(tmp_path / "ddp"), "--quiet", "--device", "cpu"]

@@ -33,6 +33,7 @@ def test_default_is_trained_not_random():
     assert not torch.allclose(lowps.distance(x, y), lowps.distance(x, y, weights="random"))
 
 
+@pytest.mark.slow
 def test_default_classifier_reproduces_card_top1(tiny_imagenet):
     entry = lowps.weights.default_for("resnet6")
     bb = lowps.weights.build_backbone("resnet6", None)

@@ -80,8 +80,6 @@ class Backbone(nn.Module):
         return [layer.name for layer in self.layers]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.kind == "stages":
-            return self.model.forward_stages(x)  # type: ignore[operator]
         if self.kind == "cls":
             # forward_intermediates returns (spatial, prefix_tokens) per block; prefix[:, 0] is CLS.
             out = self.model.forward_intermediates(  # type: ignore[operator]
@@ -92,6 +90,17 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, layers={self.layer_names}"
+
+    def reparameterize(self) -> "Backbone":
+        """Switch the trunk to its inference form, in place, where it has one (timm's ``fuse``/
+        ``reparameterize`` convention): for lowps's TPU ResNets, BatchNorm folded into the convs and
+        ResNet-6's shortcuts merged into its 3x3 convs (``TPUResNet.fuse``), the same function up to
+        float rounding. Other trunks are left as they are. The metric calls this; a training loop must
+        use an unfused backbone (``lowps.weights.build_backbone``)."""
+        fuse = getattr(self.model, "fuse", None)
+        if callable(fuse) and not self.model.training:
+            fuse()
+        return self
 
 
 def list_backbones() -> list[str]:
@@ -144,10 +153,11 @@ def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(cfg.get("std", IMAGENET_STD))
     if isinstance(model, TPUResNet):
+        # the same forward_intermediates contract as timm's CNNs, all four reduction stages
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         layers = [LayerInfo(f"stage{i + 1}", c, r)
                   for i, (c, r) in enumerate(zip(model.stage_channels, model.stage_reductions))]
-        return Backbone(arch, model, layers, "stages", mean, std, min_size=16)
+        return Backbone(arch, model, layers, "intermediates", mean, std, min_size=16, tap_indices=[0, 1, 2, 3])
     blocks = getattr(model, "blocks", None)
     if hasattr(model, "cls_token") and getattr(model, "cls_token") is not None and blocks is not None:
         width = int(getattr(model, "embed_dim"))

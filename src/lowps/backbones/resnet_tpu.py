@@ -14,11 +14,13 @@ the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 
 __all__ = ["TPUResNet", "tf_same_max_pool", "tf_variance_scaling_"]
@@ -220,7 +222,7 @@ class TPUResNet(nn.Module):
     widths = (64, 128, 256, 512)
 
     def __init__(self, layers: Sequence[int], block: str = "basic", num_classes: int = 1000,
-                 in_chans: int = 3, init: str = "tpu", init_seed: int | None = None, **_: object) -> None:
+                 in_chans: int = 3, init: str = "tpu", init_seed: int | None = None) -> None:
         super().__init__()
         if block not in _BLOCKS:
             raise ValueError(f"unknown block {block!r}; expected one of {sorted(_BLOCKS)}")
@@ -237,6 +239,8 @@ class TPUResNet(nn.Module):
         self.num_features = cin
         self.stage_channels = [w * expansion for w in self.widths]
         self.stage_reductions = [4, 8, 16, 32]
+        self.feature_info = [{"num_chs": c, "reduction": r, "module": f"stages.{i}"}
+                             for i, (c, r) in enumerate(zip(self.stage_channels, self.stage_reductions))]
         self.num_classes = num_classes
         self.fc = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
         if init not in ("tpu", "kaiming"):
@@ -336,12 +340,33 @@ class TPUResNet(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the four reduction stages (after their final ReLU)."""
+        return self.forward_intermediates(x, intermediates_only=True)  # type: ignore[return-value]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the outputs of the stages in ``indices`` (default: all four, after their
+        final ReLU); with ``intermediates_only=False`` also the last stage's output."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r}: TPU ResNets give NCHW maps only")
+        take, max_index = feature_take_indices(len(self.stages), indices)
         x = self._stem(x)
         feats = []
-        for stage in self.stages:
+        stages = self.stages if not stop_early and not intermediates_only else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
             x = stage(x)
-            feats.append(x)
-        return feats
+            if i in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 4, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's API: drop stages after the last of ``indices`` (and the classifier); returns the indices."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean((2, 3)))
@@ -357,44 +382,70 @@ class TPUResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
-# --- timm registry entries (timm.create_model(name, num_classes=...) works after `import lowps`) ---
+# --- timm registry entries -------------------------------------------------------------------------
+# timm.create_model("resnet6") works after `import lowps` (or `import timm` after it). Pretrained tags
+# point at the checkpoints shipped inside the package (`file`), so
+# timm.create_model("resnet6.tiny_s1250", pretrained=True) loads offline; features_only=True gives
+# timm's FeatureGetterNet over forward_intermediates with feature_info, like timm's own models.
+
+_FILES = Path(__file__).resolve().parents[1] / "weights" / "files"
+
+
+def _cfg(file: str | None, **kw: object) -> dict:
+    cfg = {"url": "", "num_classes": 202 if file else 1000, "input_size": (3, 64, 64), "pool_size": (2, 2),
+           "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+           "std": (0.229, 0.224, 0.225), "first_conv": "conv1", "classifier": "fc",
+           "license": "cc-by-nc-4.0 (trained on Tiny ImageNet: ImageNet's non-commercial terms)" if file else None}
+    if file:
+        cfg["file"] = str(_FILES / file)
+    cfg.update(kw)
+    return cfg
+
+
+default_cfgs = generate_default_cfgs({
+    "resnet6.tiny_s1250": _cfg("resnet6_tiny_s1250.safetensors"),  # lowps's default (docs/models.md)
+    "resnet6.tiny_s100": _cfg("resnet6_tiny_s100.safetensors"),
+    "resnet6.tiny_s500": _cfg("resnet6_tiny_s500.safetensors"),
+    "resnet6.tiny_s2500": _cfg("resnet6_tiny_s2500.safetensors"),
+    "resnet6.tiny_s5910": _cfg("resnet6_tiny_s5910.safetensors"),
+    "resnet10.tiny_s5910": _cfg("resnet10_tiny_s5910.safetensors"),
+    "resnet18_tpu.tiny_s3940": _cfg("resnet18_tiny_s3940.safetensors"),
+    "resnet50_tpu.untrained": _cfg(None),
+    "resnet200_tpu.untrained": _cfg(None),
+})
+
+
+def _create(variant: str, layers: tuple[int, ...], block: str, pretrained: bool, **kwargs: object) -> TPUResNet:
+    return build_model_with_cfg(TPUResNet, variant, pretrained, layers=layers, block=block,
+                                feature_cfg={"feature_cls": "getter", "out_indices": (0, 1, 2, 3)}, **kwargs)
+
 
 @register_model
 def resnet6(pretrained: bool = False, **kwargs: object) -> TPUResNet:
     """ResNet-6 of Kumar et al. 2022: four single-conv residual blocks, 1,774,656 trunk parameters."""
-    _no_timm_pretrained(pretrained)
-    return TPUResNet((1, 1, 1, 1), "single", **kwargs)
+    return _create("resnet6", (1, 1, 1, 1), "single", pretrained, **kwargs)
 
 
 @register_model
 def resnet10(pretrained: bool = False, **kwargs: object) -> TPUResNet:
-    """ResNet-10: basic blocks [1, 1, 1, 1], projection on every stage (TPU style)."""
-    _no_timm_pretrained(pretrained)
-    return TPUResNet((1, 1, 1, 1), "basic", **kwargs)
+    """ResNet-10 (lowps's; in neither the paper nor the TPU code): basic blocks [1, 1, 1, 1], projection
+    shortcut in every stage as the TPU code does for its first blocks."""
+    return _create("resnet10", (1, 1, 1, 1), "basic", pretrained, **kwargs)
 
 
 @register_model
 def resnet18_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
     """ResNet-18, TPU style (projection on every stage)."""
-    _no_timm_pretrained(pretrained)
-    return TPUResNet((2, 2, 2, 2), "basic", **kwargs)
+    return _create("resnet18_tpu", (2, 2, 2, 2), "basic", pretrained, **kwargs)
 
 
 @register_model
 def resnet50_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
     """ResNet-50, TPU style (bottleneck, stride on the 3x3, projection on every stage)."""
-    _no_timm_pretrained(pretrained)
-    return TPUResNet((3, 4, 6, 3), "bottleneck", **kwargs)
+    return _create("resnet50_tpu", (3, 4, 6, 3), "bottleneck", pretrained, **kwargs)
 
 
 @register_model
 def resnet200_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
     """ResNet-200, TPU style."""
-    _no_timm_pretrained(pretrained)
-    return TPUResNet((3, 24, 36, 3), "bottleneck", **kwargs)
-
-
-def _no_timm_pretrained(pretrained: bool) -> None:
-    if pretrained:
-        raise ValueError("lowps models carry no timm pretrained weights; use "
-                         "lowps.PerceptualDistance(weights=...) or lowps.weights.load(...)")
+    return _create("resnet200_tpu", (3, 24, 36, 3), "bottleneck", pretrained, **kwargs)
