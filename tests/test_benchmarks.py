@@ -37,6 +37,7 @@ def test_bench_score_scaling_runs_and_checks_agreement(tmp_path):
     assert [row["nproc"] for row in rep["rows"]] == [1, 2] and rep["rows"][0]["triplets"] == 16
 
 
+@pytest.mark.slow
 def test_bench_distance_backward_autocast_and_roofline(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distance.py"), "--sizes", "32",
@@ -52,6 +53,7 @@ def test_bench_distance_backward_autocast_and_roofline(tmp_path):
     assert "% peak" in r.stdout and "forward + backward" in r.stdout
 
 
+@pytest.mark.slow
 def test_bench_pairwise_tiny_run(tmp_path):
     out = tmp_path / "p.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pairwise.py"), "--n", "6", "--size", "32",

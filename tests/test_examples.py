@@ -20,6 +20,7 @@ def run(*args, cwd=None):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_restoration_loss_improves():
     # validation passes under inference_mode run between training steps with the loss's metric object
     out = run(EX / "restoration_loss.py", "--steps", "30", "--val-every", "10")
@@ -39,6 +40,7 @@ def test_heatmap(tmp_path):
     assert Image.open(tmp_path / "h.png").size == (3 * 128, 128) and "distance" in out
 
 
+@pytest.mark.slow
 def test_plot_training_curve_with_bapps(tmp_path):
     pytest.importorskip("matplotlib")
     run_dir = tmp_path / "run"

@@ -195,6 +195,7 @@ def test_bootstrap_is_deterministic_for_a_seed(afc, tmp_path):
     assert outs[0] == outs[1] and outs[0] != outs[2]
 
 
+@pytest.mark.slow
 def test_several_metrics_in_one_run_with_plot(mos, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out, plot = tmp_path / "r.json", tmp_path / "p.png"

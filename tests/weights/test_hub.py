@@ -123,6 +123,7 @@ def _fetch(url, dest, sha, q):
         q.put(repr(e))
 
 
+@pytest.mark.slow
 def test_two_processes_fetch_one_file(server, tmp_path):
     dest = tmp_path / "c" / "w.bin"
     ctx = mp.get_context("spawn")
