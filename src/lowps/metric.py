@@ -228,12 +228,22 @@ class PerceptualDistance(nn.Module):
 
     def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n = x0.shape[0]
+        grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
+        if grad0 != grad1:
+            # A loss: gradients for one side only (the network output, not the target). Run the other
+            # side without autograd, so backward covers n images instead of 2n (half the backward
+            # convolutions) and the target's forward takes the inference fast paths.
+            with torch.no_grad():
+                fixed = self.backbone(self._normalize([x1 if grad0 else x0]))
+            tracked = self.backbone(self._normalize([x0 if grad0 else x1]))
+            return (tracked, fixed) if grad0 else (fixed, tracked)
         if n == 1 and 2 * x0.shape[-2] * x0.shape[-1] > self.chunk_pixels:
             # One pair above the bound (large images): one image per forward halves the peak.
             return self.backbone(self._normalize([x0])), self.backbone(self._normalize([x1]))
         # One forward for both images: one kernel launch sequence, better batching on CPU and GPU.
-        feats = self.backbone(self._normalize([x0, x1]))
-        return [f[:n] for f in feats], [f[n:] for f in feats]
+        # split (not two slices): its backward is one concatenation, not two zero-filled full-size grads.
+        parts = [f.split(n) for f in self.backbone(self._normalize([x0, x1]))]
+        return [p[0] for p in parts], [p[1] for p in parts]
 
     # -- public --------------------------------------------------------------------------------
     def forward(self, img0: ImageLike, img1: ImageLike,
