@@ -242,7 +242,8 @@ def main() -> None:
                 roof = ""
                 if a.roofline and name.startswith("lowps:"):
                     macs = macs_per_call(name, a.device, batch, size)
-                    achieved = macs * rate / batch * (3 if a.backward else 1)  # backward ~2x the forward MACs
+                    # frozen weights: backward computes input gradients only, about the forward's MACs again
+                    achieved = macs * rate / batch * (2 if a.backward else 1)
                     peak = peaks["bf16" if ("bf16" in name or name.endswith(":ac")) else "fp32"]
                     row.update(macs_per_pair=macs / batch, gmacs_per_s=achieved / 1e9, fraction_of_peak=achieved / peak)
                     roof = f"{achieved / 1e9:>9.1f}{100 * achieved / peak:>7.0f}%"

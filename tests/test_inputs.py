@@ -194,3 +194,41 @@ def test_non_regular_files_are_refused_not_read(tmp_path):
         load_image(tmp_path / "pipe.png")  # would block forever if opened
     with pytest.raises(InputError, match="not a regular file"):
         load_image(tmp_path)
+
+
+# -- everything else that was a traceback: clear errors or empty results ----------------------------
+
+@pytest.mark.parametrize("head", ["meanpool", "local", "style", "linear"])
+def test_empty_batch_gives_empty_results(head):
+    kw = {"head_weights": "ones"} if head == "linear" else {}
+    m = lowps.PerceptualDistance(distance=head, weights="random", **kw)
+    z = torch.rand(0, 3, 64, 64)
+    d, per = m(z, z, per_layer=True)
+    assert d.shape == (0,) and all(v.shape == (0,) for v in per.values())
+    assert m.embed(z).shape[0] == 0
+    if head in ("local", "linear"):
+        assert m.spatial(z, z).shape == (0, 1, 64, 64)
+
+
+def test_empty_batch_lpips_and_autograd():
+    lp = lowps.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    assert lp(torch.rand(0, 3, 64, 64), torch.rand(0, 3, 64, 64)).shape == (0, 1, 1, 1)
+    x = torch.rand(0, 3, 64, 64, requires_grad=True)
+    lowps.distance(x, torch.rand(0, 3, 64, 64)).sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_meta_tensors_and_empty_layer_list_are_clear_errors():
+    with pytest.raises(InputError, match="meta device"):
+        lowps.distance(torch.rand(1, 3, 64, 64, device="meta"), torch.rand(1, 3, 64, 64, device="meta"))
+    with pytest.raises(ValueError, match=r"layers=\[\] selects nothing"):
+        lowps.PerceptualDistance(weights="random", layers=[])
+
+
+def test_timm_backbone_minimum_size_is_measured():
+    m = lowps.PerceptualDistance(backbone="timm:convnext_atto", weights="random")
+    assert m.min_size == 32  # stem 4x4/4 and three 2x2/2 downsamplings: 16 px would reach a 1x1 map
+    for size in [(16, 16), (31, 33), (16, 200), (200, 16)]:
+        with pytest.raises(InputError, match="at least 32 px"):
+            m(torch.rand(1, 3, *size), torch.rand(1, 3, *size))
+    assert m(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).shape == (1,)

@@ -205,7 +205,7 @@ class StyleHead(Head):
                 diff = xa - xb
                 gram_diff = torch.baddbmm(diff @ xa.transpose(1, 2), xb, diff.transpose(1, 2))  # n (Ga - Gb)
                 parts.append(torch.linalg.vector_norm(gram_diff, dim=(1, 2)).square())
-            d = torch.cat(parts)
+            d = torch.cat(parts) if parts else ua.new_zeros(0)
         return d / (n * n * c * c) if self.style_norm == "hw" else d / (c * c)
 
 

@@ -206,6 +206,8 @@ def validate_batch(img: torch.Tensor, input_range: tuple[float, float], *, name:
     limits, finite values inside ``input_range``.
     """
     x = _as_batch(img, name)
+    if x.device.type == "meta":
+        raise InputError(f"{name} is on the meta device (shapes only, no values); move it to cpu or cuda")
     h, w = x.shape[-2:]
     if min(h, w) < min_size:
         raise InputError(f"images of {h}x{w} are too small for this backbone: every side must be at least "

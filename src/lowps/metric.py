@@ -115,7 +115,13 @@ class PerceptualDistance(nn.Module):
         self.layer_idx = self._select(layers)
         self.layer_names = [self.backbone.layers[i].name for i in self.layer_idx]
         reductions = [self.backbone.layers[i].reduction for i in self.layer_idx]
-        self.min_size = max([r // 2 for r in reductions if r] + [self.backbone.min_size if None in reductions else 1])
+        all_reductions = [layer.reduction for layer in self.backbone.layers if layer.reduction]
+        if None in reductions or not all_reductions:
+            self.min_size = self.backbone.min_size
+        else:
+            # the backbone's measured minimum applies to its deepest tap; shallower taps need proportionally less
+            deepest = max(reductions)
+            self.min_size = max(deepest // 2, -(-self.backbone.min_size * deepest // max(all_reductions)))
 
         lo, hi = self.input_range
         mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
@@ -163,6 +169,8 @@ class PerceptualDistance(nn.Module):
             return list(range(len(names)))
         if isinstance(layers, (str, int)):
             layers = [layers]
+        if len(layers) == 0:
+            raise ValueError(f"layers=[] selects nothing; pass None for all layers or some of: {', '.join(names)}")
         idx = []
         for layer in layers:
             if isinstance(layer, int) and not isinstance(layer, bool) and -len(names) <= layer < len(names):
@@ -223,11 +231,16 @@ class PerceptualDistance(nn.Module):
     def _chunks(self, x: torch.Tensor, images_per_item: int = 2) -> list[slice]:
         """Batch slices of at most ``chunk_pixels`` input pixels (an item is a pair or one image)."""
         n, (h, w) = x.shape[0], x.shape[-2:]
+        if n == 0:
+            return [slice(0, 0)]  # an empty batch gives empty results of the right shape
         step = max(1, self.chunk_pixels // (images_per_item * h * w))
         return [slice(s, s + step) for s in range(0, n, step)]
 
     def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n = x0.shape[0]
+        if n == 0:
+            empty = self.backbone(self._normalize([x0]))
+            return empty, empty
         grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
         if grad0 != grad1:
             # A loss: gradients for one side only (the network output, not the target). Run the other

@@ -101,3 +101,63 @@ def test_download_refuses_path_traversal(tmp_path, monkeypatch):
         monkeypatch.setenv("LOWPS_BAPPS_URL", server.url)
         with pytest.raises(BappsLayoutError, match="outside"):
             download_bapps("jnd", progress=False)
+
+
+def test_fifo_judge_file_is_refused_not_read(tmp_path):
+    import os
+    root = make_bapps(tmp_path / "dataset", n=3, categories=("traditional",))
+    judge = sorted((root / "2afc" / "val" / "traditional" / "judge").iterdir())[0]
+    judge.unlink()
+    os.mkfifo(judge)
+    with pytest.raises(BappsLayoutError, match="not a regular file"):
+        TwoAFCSet(root, "traditional")
+
+
+def test_hidden_folders_are_not_categories(tmp_path):
+    root = make_bapps(tmp_path / "dataset", n=2, categories=("traditional",))
+    (root / "2afc" / "val" / ".ipynb_checkpoints").mkdir()
+    assert list_categories(root, "2afc", "val") == ["traditional"]
+
+
+def _archive_with(tmp_path, extra):
+    src = make_bapps(tmp_path / "src", n=2, categories=("traditional",))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src / "2afc", arcname="./2afc")  # a leading "./", as many tar tools write
+        dot = tarfile.TarInfo(".")
+        dot.type = tarfile.DIRTYPE
+        tar.addfile(dot)
+        extra(tar)
+    return buf.getvalue()
+
+
+def test_archive_with_leading_dot_members_extracts(tmp_path, monkeypatch):
+    data = _archive_with(tmp_path, lambda tar: None)
+    with FileServer() as server:
+        server.files["/twoafc_val.tar.gz"] = data
+        monkeypatch.setenv("LOWPS_BAPPS_URL", server.url)
+        dataset = download_bapps("val", progress=False)
+    assert len(TwoAFCSet(dataset, "traditional")) == 2
+
+
+@pytest.mark.parametrize("kind", ["fifo", "setuid"])
+def test_archive_special_members_are_refused_or_neutralised(tmp_path, monkeypatch, kind):
+    def extra(tar):
+        info = tarfile.TarInfo("2afc/val/traditional/special")
+        if kind == "fifo":
+            info.type = tarfile.FIFOTYPE
+            tar.addfile(info)
+        else:
+            info.size, info.mode = 2, 0o4755
+            tar.addfile(info, io.BytesIO(b"#!"))
+    data = _archive_with(tmp_path, extra)
+    with FileServer() as server:
+        server.files["/twoafc_val.tar.gz"] = data
+        monkeypatch.setenv("LOWPS_BAPPS_URL", server.url)
+        if kind == "fifo":
+            with pytest.raises(BappsLayoutError, match="not a plain file"):
+                download_bapps("val", progress=False)
+        else:
+            dataset = download_bapps("val", progress=False)
+            mode = (dataset / "2afc" / "val" / "traditional" / "special").stat().st_mode
+            assert not mode & 0o6000  # setuid/setgid bits stripped

@@ -183,4 +183,27 @@ def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
     layers = [LayerInfo(f"stage{i + 1}", info[j]["num_chs"], info[j]["reduction"])
               for i, j in enumerate(indices)]
     return Backbone(arch, model, layers, "intermediates", mean, std,
-                    min_size=max(r for r in taps) // 2, tap_indices=indices)
+                    min_size=_probe_min_size(model, indices, max(r for r in taps) // 2), tap_indices=indices)
+
+
+@torch.no_grad()
+def _probe_min_size(model: nn.Module, indices: list[int], start: int) -> int:
+    """The smallest square input side the model's taps accept, found by trying (doubling, then
+    bisecting): a timm CNN's stem and downsampling kernels, not only its strides, set it (e.g.
+    convnext_atto needs 32 px, not 16), and the input validator reports it instead of a conv error."""
+    def ok(side: int) -> bool:
+        try:
+            model.forward_intermediates(torch.zeros(1, 3, side, side), indices=indices, intermediates_only=True,
+                                        stop_early=True)  # type: ignore[operator]
+            return True
+        except (RuntimeError, ValueError, AssertionError):
+            return False
+    lo, hi = max(1, start // 2), start
+    while not ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1024:
+            return start  # let the model speak for itself
+    while hi - lo > 1:  # invariant: lo fails (or is below start), hi works
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi

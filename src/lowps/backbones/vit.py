@@ -1,4 +1,15 @@
-"""ViTs at 64x64 input as studied by Kumar et al. 2022 (ViT-B/8 and ViT-L/4), registered in timm."""
+"""ViTs at 64x64 input as studied by Kumar et al. 2022 (ViT-B/8 and ViT-L/4), registered in timm.
+
+Choices the paper leaves open or gets wrong, and what lowps does (docs/concepts.md):
+
+* Input normalisation: the paper trains its ViTs with the vit_jax recipe, which feeds [-1, 1]
+  pixels; lowps's ViTs therefore normalise with mean = std = 0.5 (``pretrained_cfg``), not ImageNet's
+  mean/std. Override with ``timm.create_model(..., pretrained_cfg_overlay={"mean": ..., "std": ...})``.
+* ViT-L/4 heads: the paper's table lists 12 heads, which cannot divide width 1024; lowps uses ViT-L's
+  standard 16 (64 dims per head).
+* Taps: the CLS token after every block, *before* the final LayerNorm (timm's
+  ``forward_intermediates(norm=False)``), one layer each.
+"""
 from __future__ import annotations
 
 from timm.models import register_model
@@ -10,12 +21,17 @@ __all__ = ["vit_base_patch8_64", "vit_large_patch4_64"]
 def _vit(pretrained: bool, **kwargs: object) -> VisionTransformer:
     if pretrained:
         raise ValueError("lowps' 64px ViTs carry no timm pretrained weights; pass weights= to lowps")
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm factory extras
-        kwargs.pop(k, None)
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("cache_dir", None)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     kwargs.setdefault("img_size", 64)
     # dynamic_img_size lets the metric run at other sizes by interpolating position embeddings.
     kwargs.setdefault("dynamic_img_size", True)
-    return VisionTransformer(**kwargs)  # type: ignore[arg-type]
+    model = VisionTransformer(**kwargs)  # type: ignore[arg-type]
+    # vit_jax's [-1, 1] input: x01 * 2 - 1 == (x01 - 0.5) / 0.5
+    model.pretrained_cfg = {"input_size": (3, 64, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                            "first_conv": "patch_embed.proj", "classifier": "head", **overlay}
+    return model
 
 
 @register_model

@@ -60,15 +60,22 @@ def list_categories(root: Path, mode: str = "2afc", split: str = "val") -> list[
     d = root / mode / split
     if not d.is_dir():
         raise BappsLayoutError(f"{d} is missing: expected {mode}/{split}/<category>/ under {root}")
-    found = sorted(p.name for p in d.iterdir() if p.is_dir())
+    found = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
     order = [c for c in VAL_CATEGORIES + ("mix",) if c in found]
     return order + [c for c in found if c not in order]
 
 
 def _listing(d: Path, ext: str) -> list[Path]:
+    import stat
+
     if not d.is_dir():
         raise BappsLayoutError(f"folder {d} is missing")
-    return sorted(p for p in d.iterdir() if p.suffix.lower() == ext)
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() == ext and not p.name.startswith("."))
+    for p in files:
+        if not stat.S_ISREG(p.stat().st_mode):  # a FIFO or device would block the reader forever
+            raise BappsLayoutError(f"{p} is not a regular file (a folder, FIFO or device); replace it with the "
+                                   "dataset's file")
+    return files
 
 
 def _read_scalar(p: Path) -> float:
@@ -151,9 +158,12 @@ class JNDSet(_BappsSet):
 
 def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     out = []
+    root = dest.resolve()
     for m in tar.getmembers():
         target = (dest / m.name).resolve()
-        if not str(target).startswith(str(dest.resolve()) + os.sep) or m.issym() or m.islnk():
+        if target == root and m.isdir():
+            continue  # the "./" entry many tar tools write first
+        if not str(target).startswith(str(root) + os.sep) or m.issym() or m.islnk():
             raise BappsLayoutError(f"archive member {m.name!r} would be written outside {dest}; refusing")
         out.append(m)
     return out
@@ -183,7 +193,14 @@ def download_bapps(subset: str = "val", base_url: str | None = None, progress: b
         staging.mkdir(parents=True)
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(staging, members=_safe_members(tar, staging))
+                # tarfile's "data" filter: regular files and folders only (no FIFOs or devices), no
+                # setuid/setgid bits, nothing outside the staging folder
+                tar.extractall(staging, members=_safe_members(tar, staging), filter="data")
+        except tarfile.FilterError as e:
+            archive.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BappsLayoutError(f"{name}.tar.gz holds a member that is not a plain file or folder ({e}); "
+                                   "refusing to extract it. Is it really BAPPS?") from e
         except (tarfile.TarError, EOFError, OSError) as e:
             archive.unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)

@@ -99,8 +99,14 @@ def train_linear(backbone: str, bapps_root: str | None, out: str, weights: str |
             "protocol": f"2AFC BCE, Adam lr {lr} beta1 {beta1}, {epochs}+{decay_epochs} epochs, batch {batch_size}",
             "bapps_split": split, "categories": ",".join(cats), "triplets": str(len(data))}
     tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(out_path)
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        tmp.replace(out_path)
+    except Exception as e:  # SafetensorError / OSError: unwritable folder, full disk
+        tmp.unlink(missing_ok=True)
+        from .._io import OutputError
+        raise OutputError(f"cannot write {out_path}: {e}; choose a writable location with free space") from e
     record = dict(meta, sha256=sha256_file(out_path), loss_per_epoch=history)
-    out_path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    from .._io import write_json
+    write_json(out_path.with_suffix(".json"), record)
     return out_path
