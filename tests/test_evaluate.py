@@ -3,14 +3,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import free_port
 import torch
 
 import lowps
 from bapps_fixture import make_bapps
+from conftest import free_port
 from lowps.cli import score_main
 from lowps.data.bapps import TwoAFCSet
 from lowps.scoring import score_2afc

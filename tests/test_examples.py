@@ -58,8 +58,8 @@ def test_plot_training_curve_with_bapps(tmp_path):
 
 def test_make_example_images_is_reproducible(tmp_path):
     pytest.importorskip("skimage", reason="regenerating the example images needs scikit-image")
-    import shutil
     import hashlib
+    import shutil
     copy = tmp_path / "examples"
     shutil.copytree(EX, copy)
     run(copy / "make_example_images.py")

@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 import lowps
-from lowps.functional import _CACHE, clear_cache, get_metric
 from conftest import pair
+from lowps.functional import _CACHE, clear_cache, get_metric
 
 
 def test_distance_matches_module_and_caches():

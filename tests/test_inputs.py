@@ -188,6 +188,7 @@ def test_rgba_is_composited_so_hidden_pixels_do_not_count(tmp_path):
 
 def test_non_regular_files_are_refused_not_read(tmp_path):
     import os
+
     from lowps.inputs import load_image
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(InputError, match="not a regular file"):

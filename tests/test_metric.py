@@ -178,7 +178,7 @@ def _close_to_scale(a, b, rel=1e-5):
     # float32 convs pick other kernels (other summation orders) for other batch sizes: results move by
     # ~1e-7..1e-6 of the tensor's magnitude (seen up to 4.8e-7 on AVX-512 and AVX2 machines); 1e-5 of the
     # largest value leaves 10x margin and still catches any real chunking error (a wrong slice is O(1)).
-    return bool(((a - b).abs().max() <= rel * b.abs().max() + 1e-12))
+    return bool((a - b).abs().max() <= rel * b.abs().max() + 1e-12)
 
 
 @pytest.mark.parametrize("head", HEADS)

@@ -44,3 +44,16 @@ def test_star_imports_work():
 def test_version_is_defined_once():
     from importlib.metadata import version
     assert version("lowps") == lowps.__version__
+
+
+def test_ruff_is_clean():
+    import shutil
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        import pytest
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    r = subprocess.run([ruff, "check", "src", "tests", "benchmarks", "tools", "examples", "hubconf.py"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]

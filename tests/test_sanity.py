@@ -6,7 +6,6 @@ import torch
 
 from lowps.cli import main
 from lowps.sanity import DISTORTIONS, distort_batch, sanity_table
-import lowps
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
 from test_imagenet import make_tiny  # noqa: E402

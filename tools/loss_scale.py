@@ -12,11 +12,9 @@ downloaded where this runs); its linear layers are the calibrated v0.1 ones.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 import torch
-import torch.nn.functional as F
 
 import lowps
 from lowps.data.imagenet import load_split

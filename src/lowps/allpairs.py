@@ -8,7 +8,7 @@ differences of large norms, which float32 would lose), in row blocks that bound 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -119,7 +119,8 @@ def nearest(query: torch.Tensor | Sequence[ImageLike], gallery: torch.Tensor | S
         raise InputError("exclude_self=True needs the query and the gallery to be the same images")
     kk = k + (1 if exclude_self else 0)
     if not 1 <= k or kk > eg.shape[0]:
-        raise InputError(f"k must be between 1 and {eg.shape[0] - (1 if exclude_self else 0)} (the gallery size), got {k}")
+        most = eg.shape[0] - (1 if exclude_self else 0)
+        raise InputError(f"k must be between 1 and {most} (the gallery size), got {k}")
     rows = max(1, BLOCK_ELEMENTS // eg.shape[0])
     dists, idx = [], []
     for s in range(0, eq.shape[0], rows):

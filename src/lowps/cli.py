@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["main", "build_parser", "score_main"]
 
@@ -17,7 +17,8 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style", "linear"],
                    help="distance head (default: meanpool)")
     p.add_argument("--weights", default=None,
-                   help="backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)")
+                   help="backbone weights: registry name, file, URL, 'random' or 'timm' "
+                        "(default: the backbone's default)")
     p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
     p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -171,8 +172,8 @@ def _cmd_dirs(a: argparse.Namespace) -> int:
 
 
 def _cmd_allpairs(a: argparse.Namespace) -> int:
-    from .functional import get_metric
     from .allpairs import pairwise
+    from .functional import get_metric
 
     files = _images_in(a.dir)
     other = _images_in(a.other) if a.other else None
@@ -236,9 +237,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
 
 def _cmd_train_backbone(a: argparse.Namespace) -> int:
-    from .train.backbone import TrainConfig, train_backbone
-
-    from .train.backbone import apply_recipe
+    from .train.backbone import TrainConfig, apply_recipe, train_backbone
 
     cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, lr=a.lr,
                       weight_decay=a.weight_decay, ckpt_every=a.ckpt_every, seed=a.seed,
@@ -340,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=_cmd_weights)
     c = wsub.add_parser("convert", help="convert a TF checkpoint of the paper's TPU ResNet code to safetensors")
     c.add_argument("--from-tf", required=True, metavar="CKPT_PREFIX", help="checkpoint prefix, e.g. model.ckpt-1000")
-    c.add_argument("--arch", required=True, help="the checkpoint's architecture", choices=["resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu",
+    c.add_argument("--arch", required=True, help="the checkpoint's architecture",
+                   choices=["resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu",
                                                      "resnet200_tpu", "resnet50", "resnet200", "resnet18"])
     c.add_argument("--out", required=True, help="output .safetensors file")
     c.add_argument("--num-classes", type=int, default=None, help="classifier size (default: read from the checkpoint)")
@@ -361,8 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--weight-decay", type=float, default=1e-4, help="L2 on all but BatchNorm (default: 1e-4)")
     tb.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up (default: from --recipe)")
     tb.add_argument("--schedule", choices=["cosine", "step"], default=None, help="default: from --recipe")
-    tb.add_argument("--ckpt-every", type=int, default=250, metavar="STEPS", help="save a checkpoint every N steps (default: 250)")
-    tb.add_argument("--ckpt-steps", default=None, help="extra checkpoint steps, comma-separated (default 0,25,50,100,150,200)")
+    tb.add_argument("--ckpt-every", type=int, default=250, metavar="STEPS",
+                    help="save a checkpoint every N steps (default: 250)")
+    tb.add_argument("--ckpt-steps", default=None,
+                    help="extra checkpoint steps, comma-separated (default 0,25,50,100,150,200)")
     tb.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation")
     tb.add_argument("--limit-per-class", type=int, default=None, help="use at most N training images per class")
     tb.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")
@@ -480,7 +482,8 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--distance", nargs="+", default=["meanpool"], choices=["meanpool", "local", "style", "linear"],
                    help="one or more distance heads, each scored (default: meanpool)")
     p.add_argument("--weights", default=None,
-                   help="backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)")
+                   help="backbone weights: registry name, file, URL, 'random' or 'timm' "
+                        "(default: the backbone's default)")
     p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
     p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -535,8 +538,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
         import torch.distributed as dist
 
         from ._io import write_json
-        from .evaluate import (build_scorer, evaluate_bapps, evaluate_judgements, format_comparison,
-                               plot_comparison)
+        from .evaluate import build_scorer, evaluate_bapps, evaluate_judgements, format_comparison, plot_comparison
 
         names = [a.metric] + [b.strip() for b in a.baselines.split(",") if b.strip()]
         for n in names:

@@ -65,7 +65,8 @@ def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str
                "head_weights": head_weights, "precision": m.precision, "precision_requested": precision}
         return Scorer(f"lowps:{m.backbone.arch}/{distance}", fn, cfg)
     if metric == "l2":
-        return Scorer("l2", lambda a, b: ((a - b).pow(2).flatten(1).mean(1), {}), {"metric": "l2", "space": "RGB [0,1]"})
+        return Scorer("l2", lambda a, b: ((a - b).pow(2).flatten(1).mean(1), {}),
+                      {"metric": "l2", "space": "RGB [0,1]"})
     if metric == "psnr":
         return Scorer("psnr", lambda a, b: (_psnr_distance(a, b), {}), {"metric": "psnr", "distance": "-PSNR"})
     if metric == "ssim":
@@ -267,7 +268,8 @@ def _version() -> str:
 def format_table(report: dict) -> str:
     """The per-category table with group means, scores as percentages (the paper's PS)."""
     label = "2AFC" if report["mode"] == "2afc" else "JND mAP"
-    lines = [f"{report['config'].get('metric')} {json.dumps({k: v for k, v in report['config'].items() if k != 'metric'})}",
+    options = {k: v for k, v in report["config"].items() if k != "metric"}
+    lines = [f"{report['config'].get('metric')} {json.dumps(options)}",
              f"{'category':<16}{'n':>8}{label + ' %':>12}"]
     for cat, e in report["categories"].items():
         lines.append(f"{cat:<16}{e['n']:>8}{100 * e['score']:>12.2f}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -12,7 +12,7 @@ from .metric import PerceptualDistance, WeightsSpec
 
 __all__ = ["distance", "get_metric", "clear_cache"]
 
-_CACHE: "OrderedDict[tuple, PerceptualDistance]" = OrderedDict()
+_CACHE: OrderedDict[tuple, PerceptualDistance] = OrderedDict()
 _CACHE_SIZE = 4
 
 

@@ -18,7 +18,7 @@ differences lose too much in bf16/fp16.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

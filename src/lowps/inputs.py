@@ -175,7 +175,8 @@ def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "
         hint = " It looks like [-1, 1] data: pass input_range=(-1, 1)."
     elif xmax >= 2 and xmax <= 255 * (1 + OVERSHOOT) and xmin >= lo - slack:
         hint = (" It looks like [0, 255] data: divide by 255." if (lo, hi) == (0.0, 1.0)
-                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first (x / 255 * {hi - lo:g} + {lo:g}).")
+                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first "
+                     f"(x / 255 * {hi - lo:g} + {lo:g}).")
     raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
                      f"[{lo:g}, {hi:g}] by more than the {OVERSHOOT:.0%} overshoot lowps accepts.{hint} "
                      "Set input_range= to the range your images use, or clamp them.")
@@ -213,7 +214,8 @@ def validate_batch(img: torch.Tensor, input_range: tuple[float, float], *, name:
         raise InputError(f"images of {h}x{w} are too small for this backbone: every side must be at least "
                          f"{min_size} px to reach its deepest layer (upsample them, or choose shallower layers=)")
     if fixed_size is not None and (h, w) != tuple(fixed_size):
-        raise InputError(f"this backbone only takes {fixed_size[0]}x{fixed_size[1]} inputs, got {h}x{w}; resize the images")
+        raise InputError(f"this backbone only takes {fixed_size[0]}x{fixed_size[1]} inputs, got {h}x{w}; "
+                         "resize the images")
     if multiple_of > 1 and (h % multiple_of or w % multiple_of):
         raise InputError(f"image sides must be multiples of {multiple_of} (the patch size) for this backbone, "
                          f"got {h}x{w}; crop or resize them")

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,8 @@ def _torchvision_trunk(arch: str, pretrained: bool) -> nn.Sequential:
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
     size = {"alexnet": "233 MB", "vgg16": "528 MB", "squeezenet1_1": "4.7 MB"}[arch]
     place = (f"download {os.path.basename(enum.url)} ({size}, from {enum.url}) on a machine with network access "
-             f"and place it at {target} (or point TORCH_HOME at a folder holding checkpoints/{os.path.basename(enum.url)})")
+             f"and place it at {target} (or point TORCH_HOME at a folder holding "
+             f"checkpoints/{os.path.basename(enum.url)})")
     if offline() and not target.is_file():
         raise OfflineError(f"LOWPS_OFFLINE is set and torchvision's {arch} ImageNet weights, which LPIPS needs, are "
                            f"not cached: {place}. (pnet_rand=True gives a randomly initialised trunk: a different, "

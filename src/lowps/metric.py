@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 from torch import nn
 
-from .backbones import Backbone, create_backbone
+from .backbones import Backbone
 from .heads import Head, LinearHead, create_head
 from .inputs import ImageLike, InputError, parse_input_range, to_tensor, validate_batch, validate_pair
 
@@ -332,7 +333,7 @@ class PerceptualDistance(nn.Module):
                              "image to compare against all (use lowps.pairwise for every pair)")
         return (f0 - f1).pow(2).sum(1)
 
-    def train(self, mode: bool = True) -> "PerceptualDistance":
+    def train(self, mode: bool = True) -> PerceptualDistance:
         # BatchNorm stays in eval mode: a metric must not depend on the batch it is called with.
         super().train(mode)
         self.backbone.eval()

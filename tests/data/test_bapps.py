@@ -3,7 +3,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 
 from bapps_fixture import make_bapps
 from httpserver import FileServer

@@ -16,8 +16,7 @@ from lowps.data import judgements as J
 from lowps.inputs import load_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from judgement_fixtures import (make_2afc_csv, make_kadid10k, make_mos_csv, make_nights,  # noqa: E402
-                                make_pipal, make_tid2013)
+from judgement_fixtures import make_2afc_csv, make_kadid10k, make_mos_csv, make_nights, make_pipal, make_tid2013  # noqa: E402
 
 
 def _rewrite(path, mutate):

@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import free_port
 import torch
 from safetensors.torch import load_file
 
 import lowps
+from conftest import free_port
 from lowps.cli import main
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
 from test_imagenet import make_tiny  # noqa: E402
 

@@ -1,5 +1,4 @@
 """The shipped default: loads offline, matches the model card, reproduces its accuracy."""
-import json
 import os
 import re
 import subprocess

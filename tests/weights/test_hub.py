@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import lowps
-
 from httpserver import FileServer
-from lowps.weights.hub import (ChecksumError, DownloadError, OfflineError, cache_dir, download_file,
-                               sha256_file)
+from lowps.weights.hub import ChecksumError, DownloadError, OfflineError, cache_dir, download_file, sha256_file
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -177,6 +175,7 @@ def test_html_page_as_weights_is_refused_and_not_kept(tmp_path):
 
 def test_trickling_server_hits_the_deadline(tmp_path):
     import time
+
     from lowps.weights.hub import DownloadError, download_file
     with FileServer() as s:
         s.files["/slow.bin"] = b"x" * 1000

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import timm
 import torch
@@ -91,7 +91,7 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, layers={self.layer_names}"
 
-    def reparameterize(self) -> "Backbone":
+    def reparameterize(self) -> Backbone:
         """Switch the trunk to its inference form, in place, where it has one (timm's ``fuse``/
         ``reparameterize`` convention): for lowps's TPU ResNets, BatchNorm folded into the convs and
         ResNet-6's shortcuts merged into its 3x3 convs (``TPUResNet.fuse``), the same function up to
@@ -132,7 +132,8 @@ def check_backbone_name(name: str) -> str:
     arch = _timm_name(name)
     if timm.is_model(arch):
         return arch
-    close = difflib.get_close_matches(arch, list(dict.fromkeys([*LOWPS_BACKBONES, *timm.list_models()])), n=5, cutoff=0.75) if arch else []
+    known = list(dict.fromkeys([*LOWPS_BACKBONES, *timm.list_models()]))
+    close = difflib.get_close_matches(arch, known, n=5, cutoff=0.75) if arch else []
     raise ValueError(f"unknown backbone {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ".")
                      + f" lowps backbones: {', '.join(LOWPS_BACKBONES)}; any timm model name also works "
                      "(timm.list_models())")
@@ -159,8 +160,8 @@ def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
                   for i, (c, r) in enumerate(zip(model.stage_channels, model.stage_reductions))]
         return Backbone(arch, model, layers, "intermediates", mean, std, min_size=16, tap_indices=[0, 1, 2, 3])
     blocks = getattr(model, "blocks", None)
-    if hasattr(model, "cls_token") and getattr(model, "cls_token") is not None and blocks is not None:
-        width = int(getattr(model, "embed_dim"))
+    if hasattr(model, "cls_token") and model.cls_token is not None and blocks is not None:
+        width = int(model.embed_dim)
         layers = [LayerInfo(f"block{i}", width, None) for i in range(len(blocks))]
         patch = model.patch_embed.patch_size  # type: ignore[union-attr]
         fixed = None

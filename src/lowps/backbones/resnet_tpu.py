@@ -14,8 +14,8 @@ the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -269,7 +269,7 @@ class TPUResNet(nn.Module):
         return pairs
 
     @torch.no_grad()
-    def fuse_bn(self) -> "TPUResNet":
+    def fuse_bn(self) -> TPUResNet:
         """Fold every eval-mode BatchNorm into its conv (exact up to float rounding); in place."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -285,7 +285,7 @@ class TPUResNet(nn.Module):
             setattr(self.get_submodule(parent) if parent else self, leaf, nn.Identity())
         return self
 
-    def fuse(self) -> "TPUResNet":
+    def fuse(self) -> TPUResNet:
         """Inference form: BatchNorm folded, and single-conv blocks reduced to one conv + ReLU; in place.
 
         Results equal the unfused network's up to float rounding (~1e-6 relative); for ResNet-6 it

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

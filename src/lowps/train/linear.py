@@ -10,7 +10,6 @@ meaningful start.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

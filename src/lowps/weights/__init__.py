@@ -261,7 +261,7 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
     module.load_state_dict(state, strict=False)  # strictness checked above, with readable errors
 
 
-def _num_classes(backbone: "Backbone", state: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
+def _num_classes(backbone: Backbone, state: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     if "num_classes" in meta:
         return int(meta["num_classes"])
     clf = backbone.model.pretrained_cfg.get("classifier", "fc") if hasattr(backbone.model, "pretrained_cfg") else "fc"
@@ -269,7 +269,7 @@ def _num_classes(backbone: "Backbone", state: dict[str, torch.Tensor], meta: dic
     return int(w.shape[0]) if w is not None else 0
 
 
-def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> "Backbone":
+def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbone:
     """Create backbone ``name`` with ``weights`` (see module docstring); records name and sha256 on it."""
     from ..backbones import check_backbone_name, create_backbone  # timm: imported only when a model is built
 
