@@ -95,3 +95,16 @@ def test_precision_is_recorded_and_refused_for_baselines(root, tmp_path, capsys)
     assert report["categories"]["cnn"]["score"] == pytest.approx(score_2afc(ref(r, p0), ref(r, p1), judge), abs=1e-12)
     assert score_main(["--root", str(root), "--metric", "l2", "--precision", "bf16", "--quiet"]) == 2
     assert "applies to lowps metrics only" in capsys.readouterr().err
+
+
+def test_worker_errors_show_the_original_message(root, capsys):
+    bad = sorted((root / "2afc" / "val" / "cnn" / "p0").iterdir())[0]
+    saved = bad.read_bytes()
+    bad.write_bytes(b"not a png")
+    try:
+        assert score_main(["--root", str(root), "--weights", "random", "--workers", "1", "--quiet",
+                           "--categories", "cnn"]) == 2
+    finally:
+        bad.write_bytes(saved)
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "Original Traceback" not in err and err.count("\n") <= 2

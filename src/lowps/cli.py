@@ -54,6 +54,9 @@ def _cli_message(e: BaseException) -> str:
     import re
 
     msg = str(e)
+    if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the original message only
+        last = [line for line in msg.strip().splitlines() if line.strip()][-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
     for py, flag in _FLAG_NAMES:
         msg = re.sub(r"(?<![\w-])" + re.escape(py), flag, msg)
     return msg
