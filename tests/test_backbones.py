@@ -275,3 +275,34 @@ def test_classifier_bias_is_weight_decayed_as_in_the_tpu_code():
     decay, no_decay = _param_groups(model, 1e-4)
     assert any(p is model.fc.bias for p in decay["params"])
     assert all(p.ndim == 1 for p in no_decay["params"]) and any(p is model.bn1.weight for p in no_decay["params"])
+
+
+def test_timm_contract_features_only_pretrained_tags_and_unknown_kwargs():
+    import lowps
+    fx = timm.create_model("resnet6", features_only=True)
+    maps = fx(torch.rand(2, 3, 64, 64))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+    assert fx.feature_info.channels() == [64, 128, 256, 512] and fx.feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(TypeError, match="bogus"):
+        timm.create_model("resnet6", bogus=1)
+    tagged = timm.create_model("resnet6.tiny_s1250", pretrained=True)  # the shipped file, offline
+    assert tagged.pretrained_cfg["input_size"] == (3, 64, 64) and tagged.num_classes == 202
+    ref = lowps.weights.build_backbone("resnet6", "resnet6-tiny-s1250").model
+    assert torch.equal(tagged.conv1.weight, ref.conv1.weight)
+    for name in ("resnet6.tiny_s100", "resnet10.tiny_s5910", "resnet18_tpu.tiny_s3940"):
+        assert name in timm.list_pretrained(name.split(".")[0] + "*")
+    final, inter = tagged.forward_intermediates(torch.rand(1, 3, 64, 64), indices=[1, 3])
+    assert [t.shape[1] for t in inter] == [128, 512] and final.shape == (1, 512, 2, 2)
+
+
+def test_offline_timm_hub_weights_fail_fast(monkeypatch):
+    import time
+
+    import lowps
+    monkeypatch.setenv("LOWPS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-lowps-test")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(lowps.weights.OfflineError, match="LOWPS_OFFLINE is set"):
+        lowps.PerceptualDistance(backbone="timm:resnet18", weights="timm")
+    assert time.monotonic() - start < 30

@@ -280,9 +280,10 @@ def _cmd_sanity(a: argparse.Namespace) -> int:
     table = sanity_table(metrics, val.images[pick], seed=a.seed)
     print(format_sanity(table))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"data": a.data, "n": len(pick), "seed": a.seed, "backbone": a.backbone,
-                       "distance": a.distance, "table": table}, f, indent=1)
+        from ._io import write_json
+
+        write_json(a.json, {"data": a.data, "n": len(pick), "seed": a.seed, "backbone": a.backbone,
+                            "distance": a.distance, "table": table})
     return 0
 
 

@@ -261,10 +261,21 @@ class LPIPS(nn.Module):
         if self.version == "0.1" and self.scaling_layer is not None:
             x0, x1 = self.scaling_layer(x0), self.scaling_layer(x1)
         n = x0.shape[0]
-        feats = self.net(torch.cat([x0, x1]))
+        grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
+        if grad0 != grad1 and not self.pnet_tune:
+            # a loss: run the side without gradients without autograd (backward over n images, not 2n)
+            with torch.no_grad():
+                fixed = self.net(x1 if grad0 else x0)
+            tracked = self.net(x0 if grad0 else x1)
+            feats0, feats1 = (tracked, fixed) if grad0 else (fixed, tracked)
+        elif n == 0:
+            feats0 = feats1 = self.net(x0)
+        else:
+            parts = [f.split(n) for f in self.net(torch.cat([x0, x1]))]
+            feats0, feats1 = [p[0] for p in parts], [p[1] for p in parts]
         res = []
         for k in range(self.L):
-            f0, f1 = feats[k][:n], feats[k][n:]
+            f0, f1 = feats0[k], feats1[k]
             wide = f0.dtype if f0.dtype in (torch.float32, torch.float64) else torch.float32
             diff = (unit_normalize(f0.to(wide)) - unit_normalize(f1.to(wide))) ** 2
             d = self.lins[k](diff.to(self.lins[k].conv.weight.dtype)) if self.lpips else diff.sum(1, keepdim=True)

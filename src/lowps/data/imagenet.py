@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..inputs import IMAGE_EXTENSIONS as _IMG_EXT  # one list for all of lowps
 
@@ -56,7 +56,7 @@ def parse_spec(spec: str) -> tuple[str, Path]:
 def _decode(data: bytes, where: str, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")  # about 1 in 300 Tiny ImageNet images is greyscale
+            im = ImageOps.exif_transpose(im).convert("RGB")  # ~1 in 300 Tiny ImageNet images is greyscale
             if size is not None and im.size != (size, size):
                 w, h = im.size
                 s = size / min(w, h)

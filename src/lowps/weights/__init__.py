@@ -291,9 +291,16 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
         import timm
 
         bb = create_backbone(arch)
+        hub_constants, was_offline = None, None
         if offline():
-            # timm's hub client would otherwise retry the network for over a minute before failing
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            # timm's hub client would otherwise retry the network for over a minute before failing;
+            # huggingface_hub reads HF_HUB_OFFLINE once at import, so switch its module flag for this call
+            try:
+                import huggingface_hub.constants as hub_constants  # type: ignore[no-redef]
+
+                was_offline, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, True
+            except ImportError:
+                hub_constants = None
         try:
             pretrained = timm.create_model(arch, pretrained=True, num_classes=0)
         except Exception as e:  # huggingface_hub / urllib errors: no network, not cached
@@ -302,6 +309,9 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
                     if offline() else " Check the network, or pass weights=<file>.")
             raise OfflineError(f"timm's pretrained weights for {arch!r} could not be loaded ({type(e).__name__}: "
                                f"{str(e)[:200]}).{hint}") from e
+        finally:
+            if hub_constants is not None:
+                hub_constants.HF_HUB_OFFLINE = was_offline
         bb.model.load_state_dict(pretrained.state_dict())
         bb.weights_name, bb.weights_sha256 = "timm", None
         return bb
