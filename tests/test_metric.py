@@ -209,8 +209,9 @@ def test_chunked_spatial_and_gradients_equal_one_call():
     m.chunk_pixels = 64 * 64 * 2
     d2 = m(x, y)
     (gx2,) = torch.autograd.grad(d2.sum(), x)
-    assert torch.allclose(d2, d, rtol=1e-5) and torch.allclose(gx2, gx, rtol=1e-4, atol=1e-9)
-    assert torch.allclose(m.spatial(x.detach(), y), s, rtol=1e-5, atol=1e-8)
+    # chunk sizes change the batch each conv sees, hence its kernel: compare gradients to their scale
+    assert torch.allclose(d2, d, rtol=1e-5) and _close_to_scale(gx2, gx)
+    assert _close_to_scale(m.spatial(x.detach(), y), s)
     m.chunk_pixels = 64 * 64  # one image per forward
     d3 = m(x, y)
     (gx3,) = torch.autograd.grad(d3.sum(), x)

@@ -231,6 +231,17 @@ def _cmd_weights(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_metric
+    from .metric import PerceptualDistance
+
+    m = PerceptualDistance(a.backbone, a.distance, weights=a.weights, layers=_layers(a.layers),
+                           head_weights=a.head_weights)
+    size = tuple(int(v) for v in a.size.split("x")) if "x" in a.size else (int(a.size), int(a.size))
+    print(export_metric(m, a.out, a.format, size=size, batch=a.batch))  # type: ignore[arg-type]
+    return 0
+
+
 def _cmd_convert(a: argparse.Namespace) -> int:
     from .weights.convert_tf import convert_tf_checkpoint
 
@@ -327,6 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--other", default=None, help="a second directory: rows from DIR, columns from OTHER")
     _batch_args(ap, 64)
     ap.set_defaults(func=_cmd_allpairs)
+
+    ex = sub.add_parser("export", help="write the metric as ONNX, TorchScript or a torch.export program")
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript", "pt2"], help="file format")
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--size", default="64", help="input size, N or HxW (fixed in the graph; default: 64)")
+    ex.add_argument("--batch", type=_positive_int, default=None,
+                    help="fixed batch size (default: dynamic for onnx/pt2; torchscript traces any batch)")
+    ex.add_argument("--backbone", default="resnet6", help="lowps backbone or timm model name (default: resnet6)")
+    ex.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style", "linear"],
+                    help="distance head (default: meanpool)")
+    ex.add_argument("--weights", default=None, help="backbone weights (default: the backbone's default)")
+    ex.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
+    ex.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
+    ex.set_defaults(func=_cmd_export)
 
     w = sub.add_parser("weights", help="list, download, verify, locate or convert weights")
     wsub = w.add_subparsers(dest="action", required=True)

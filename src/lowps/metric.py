@@ -25,6 +25,12 @@ _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
 _WARNED: set[str] = set()
 
 
+def _graph_mode() -> bool:
+    """Tracing or compiling (torch.export, torch.compile, torch.jit.trace, ONNX): take the one-graph path,
+    free of batch-size-dependent Python (chunk loops, sub-batches), so the graph is right for any batch."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
 def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` runs ``precision`` convolutions natively (fast): always on GPUs; on CPUs
     bf16 needs AVX-512 BF16 or AMX, fp16 needs AMX-FP16. Without them oneDNN emulates the low
@@ -213,7 +219,7 @@ class PerceptualDistance(nn.Module):
         """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
         fmt = torch.channels_last if self.backbone.kind != "cls" else torch.contiguous_format
-        if torch.is_grad_enabled() and any(x.requires_grad for x in xs):  # out= below has no autograd
+        if _graph_mode() or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):  # out= has no autograd
             x = xs[0] if len(xs) == 1 else torch.cat(list(xs))
             return (x * self._scale + self._shift).to(dtype=dtype, memory_format=fmt)
         # One pass per batch writing straight into the trunk's input (no cat/scale/shift/cast temporaries).
@@ -232,6 +238,8 @@ class PerceptualDistance(nn.Module):
     def _chunks(self, x: torch.Tensor, images_per_item: int = 2) -> list[slice]:
         """Batch slices of at most ``chunk_pixels`` input pixels (an item is a pair or one image)."""
         n, (h, w) = x.shape[0], x.shape[-2:]
+        if _graph_mode():
+            return [slice(None)]  # torch.export/compile/trace: one graph for any batch size, no chunk loop
         if n == 0:
             return [slice(0, 0)]  # an empty batch gives empty results of the right shape
         step = max(1, self.chunk_pixels // (images_per_item * h * w))
@@ -239,6 +247,8 @@ class PerceptualDistance(nn.Module):
 
     def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n = x0.shape[0]
+        if _graph_mode():  # two forwards: no batch-size-dependent split baked into a traced graph
+            return self.backbone(self._normalize([x0])), self.backbone(self._normalize([x1]))
         if n == 0:
             empty = self.backbone(self._normalize([x0]))
             return empty, empty
@@ -251,7 +261,7 @@ class PerceptualDistance(nn.Module):
                 fixed = self.backbone(self._normalize([x1 if grad0 else x0]))
             tracked = self.backbone(self._normalize([x0 if grad0 else x1]))
             return (tracked, fixed) if grad0 else (fixed, tracked)
-        if n == 1 and 2 * x0.shape[-2] * x0.shape[-1] > self.chunk_pixels:
+        if 2 * x0.shape[-2] * x0.shape[-1] > self.chunk_pixels and n == 1:
             # One pair above the bound (large images): one image per forward halves the peak.
             return self.backbone(self._normalize([x0])), self.backbone(self._normalize([x1]))
         # One forward for both images: one kernel launch sequence, better batching on CPU and GPU.

@@ -74,6 +74,15 @@ def tf_variance_scaling_(w: torch.Tensor, scale: float = 1.0, generator: torch.G
     return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
+def _is_fake(t: torch.Tensor) -> bool:
+    """A tensor without storage (FakeTensor/FunctionalTensor under torch.export): no data pointer to key on."""
+    try:
+        t.data_ptr()
+        return False
+    except RuntimeError:
+        return True
+
+
 def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
     if zero_init:  # TPU code: last BN of each residual branch starts at gamma = 0
@@ -119,7 +128,8 @@ class SingleConvBlock(nn.Module):
         # channels_last when the input *or* the weight is, so both go NCHW. The NCHW weight copy is a
         # non-persistent buffer made when the shortcut is merged and after every ``.to()``; it is remade
         # if the weight was edited in place (version) or replaced. Same math: equal to float rounding.
-        if self._nchw_key != self._weight_key():
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or _is_fake(self.conv1.weight)
+        if not tracing and self._nchw_key != self._weight_key():  # export/compile: use the buffer as it is
             self._refresh_nchw_weight()
         return F.conv2d(x.contiguous(), self._nchw_weight, self.conv1.bias, self.conv1.stride, self.conv1.padding)
 
@@ -307,7 +317,7 @@ class TPUResNet(nn.Module):
         # relu(maxpool(.)) == maxpool(relu(.)) exactly (both monotone); pooling first is 4x less ReLU work.
         n, _, h, w = x.shape
         step = self.stem_chunk_pixels // (h * w)
-        if torch.is_grad_enabled() or step >= n:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled() or step >= n:
             return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
         if step >= 1:
             parts = [tf_same_max_pool(self.bn1(self.conv1(x[i:i + step]))) for i in range(0, n, step)]

@@ -1,0 +1,65 @@
+"""Export a metric for deployment: ONNX, TorchScript or a torch.export program (``.pt2``).
+
+For a quality gate in an image pipeline, a C++ service or a runtime without Python lowps::
+
+    lowps export --format onnx --out lowps.onnx            # default metric, any batch, 64x64
+    lowps-side:  onnxruntime.InferenceSession("lowps.onnx").run(None, {"img0": a, "img1": b})
+
+The exported graph is the metric's inference form (BatchNorm folded, shortcuts merged) with inputs
+(N, 3, H, W) in ``input_range`` and output (N,). It carries **no input checks**: what the validator
+does in Python (range, NaN, shapes) is the caller's job in the exported world. ``batch=None`` exports
+a dynamic batch dimension (ONNX, pt2; TorchScript traces are batch-agnostic by construction); the
+image size is fixed to ``size``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .metric import PerceptualDistance
+
+__all__ = ["export_metric", "FORMATS"]
+
+FORMATS = ("onnx", "torchscript", "pt2")
+
+
+def export_metric(metric: PerceptualDistance, path: str | os.PathLike[str], format: str = "onnx",  # noqa: A002
+                  size: tuple[int, int] = (64, 64), batch: int | None = None) -> Path:
+    """Write ``metric`` to ``path`` as ``format`` (``"onnx"``, ``"torchscript"`` or ``"pt2"``); returns the path."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name")
+    n = batch or 2
+    lo, hi = metric.input_range
+    g = torch.Generator().manual_seed(0)
+    example = tuple(torch.rand(n, 3, *size, generator=g) * (hi - lo) + lo for _ in range(2))
+    device, dtype = metric._scale.device, metric._scale.dtype
+    example = tuple(x.to(device=device, dtype=dtype) for x in example)
+    checks = metric.check_inputs
+    metric.check_inputs = False  # value checks are Python-side; the graph has none
+    metric.eval()
+    try:
+        dyn = None
+        if batch is None and format != "torchscript":
+            b = torch.export.Dim("batch", min=1, max=1 << 16)
+            dyn = ({0: b}, {0: b})
+        with torch.no_grad():
+            if format == "torchscript":
+                torch.jit.save(torch.jit.trace(metric, example, check_trace=False), str(path))
+            elif format == "pt2":
+                torch.export.save(torch.export.export(metric, example, dynamic_shapes=dyn), str(path))
+            else:
+                try:
+                    import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+                except ImportError as e:
+                    raise ImportError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript "
+                                      "(and onnxruntime to run the file)") from e
+                torch.onnx.export(metric, example, str(path), dynamo=True, dynamic_shapes=dyn,
+                                  input_names=["img0", "img1"], output_names=["distance"], verbose=False)
+    finally:
+        metric.check_inputs = checks
+    return path

@@ -1,0 +1,68 @@
+"""Export: torch.export (fixed and dynamic batch), TorchScript trace, ONNX through onnxruntime, the CLI."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lowps
+from conftest import pair
+from lowps.cli import main
+from lowps.export import export_metric
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return lowps.PerceptualDistance(check_inputs=False).eval()
+
+
+def test_torch_export_fixed_and_dynamic_batch(metric, tmp_path):
+    x, y = pair(2)
+    ep = torch.export.export(metric, (x, y))
+    torch.testing.assert_close(ep.module()(x, y), metric(x, y), rtol=1e-5, atol=1e-9)
+    path = export_metric(metric, tmp_path / "m.pt2", "pt2")
+    prog = torch.export.load(str(path)).module()
+    for n in (1, 3, 7):
+        a, b = pair(n, seed=n)
+        torch.testing.assert_close(prog(a, b), metric(a, b), rtol=1e-5, atol=1e-9)
+
+
+def test_torchscript_trace_is_batch_agnostic(metric, tmp_path):
+    path = export_metric(metric, tmp_path / "m.ts", "torchscript")
+    ts = torch.jit.load(str(path))
+    for n in (2, 5):  # traced at 2: a larger batch must not be cut to the traced size
+        a, b = pair(n, seed=n)
+        torch.testing.assert_close(ts(a, b), metric(a, b), rtol=1e-5, atol=1e-9)
+
+
+def test_onnx_matches_eager_in_onnxruntime(metric, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX tests need onnxruntime (pip install -e '.[test]')")
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_metric(metric, tmp_path / "m.onnx", "onnx")
+    sess = ort.InferenceSession(str(path))
+    for n in (1, 4):
+        a, b = pair(n, seed=10 + n)
+        got = sess.run(None, {"img0": a.numpy(), "img1": b.numpy()})[0]
+        np.testing.assert_allclose(got, metric(a, b).numpy(), rtol=1e-4, atol=1e-8)
+
+
+def test_cli_export_and_checks_restored(tmp_path, capsys):
+    assert main(["export", "--format", "pt2", "--out", str(tmp_path / "c.pt2"), "--batch", "2"]) == 0
+    assert (tmp_path / "c.pt2").stat().st_size > 1e6
+    m = lowps.PerceptualDistance()
+    export_metric(m, tmp_path / "d.pt2", "pt2")
+    assert m.check_inputs is True  # export switches the value checks off only while tracing
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--format", "onnx2", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+
+
+def test_pickle_size_does_not_grow_after_forward():
+    m = lowps.PerceptualDistance()
+    before = len(pickle.dumps(m))
+    x, y = pair(2)
+    m(x, y)
+    assert len(pickle.dumps(m)) == before
