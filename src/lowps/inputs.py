@@ -89,23 +89,33 @@ def pil_to_tensor(im: Any) -> torch.Tensor:
     return x.contiguous()
 
 
+def regular_file(path: str | os.PathLike[str], error: type[Exception] = None,  # type: ignore[assignment]
+                 what: str = "file", where: str = "", missing: str = "{what} {path} does not exist") -> Path:
+    """``path`` if it is an existing regular file, else ``error`` naming it: a folder, FIFO or device
+    is refused before anything opens it (opening a FIFO blocks forever). Shared by every reader."""
+    import stat
+
+    error = error or InputError
+    p = Path(path)
+    prefix = f"{where}: " if where else ""
+    try:
+        st = p.stat()
+    except OSError:
+        raise error(prefix + missing.format(what=what, path=p)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{prefix}{p} is not a regular file (a folder, FIFO or device); give a {what}")
+    return p
+
+
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Read an image file as a float tensor (3, H, W) in [0, 1], as it displays (see `pil_to_tensor`).
 
     The one decoder for the module, the CLIs and every dataset reader. Refuses anything that is not
     a regular file (a FIFO or device would block the read forever).
     """
-    import stat
-
     from PIL import Image
 
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        raise InputError(f"image file not found: {p}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{p} is not a regular file (a folder, FIFO or device); pass an image file")
+    p = regular_file(path, InputError, "image file", missing="{what} not found: {path}")
     try:
         with Image.open(p) as im:
             im.load()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..inputs import InputError, load_image
+from ..inputs import InputError, load_image, regular_file
 from ..weights.hub import cache_dir, download_file
 
 __all__ = ["TwoAFCSet", "JNDSet", "BappsLayoutError", "find_root", "list_categories", "download_bapps",
@@ -66,16 +66,10 @@ def list_categories(root: Path, mode: str = "2afc", split: str = "val") -> list[
 
 
 def _listing(d: Path, ext: str) -> list[Path]:
-    import stat
-
     if not d.is_dir():
         raise BappsLayoutError(f"folder {d} is missing")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() == ext and not p.name.startswith("."))
-    for p in files:
-        if not stat.S_ISREG(p.stat().st_mode):  # a FIFO or device would block the reader forever
-            raise BappsLayoutError(f"{p} is not a regular file (a folder, FIFO or device); replace it with the "
-                                   "dataset's file")
-    return files
+    return [regular_file(p, BappsLayoutError, f"{ext} file") for p in files]
 
 
 def _read_scalar(p: Path) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..inputs import InputError, load_image
+from ..inputs import InputError, load_image, regular_file
 
 __all__ = ["Triplet", "Rated", "JudgementLayoutError", "read_2afc_csv", "read_nights", "read_mos_csv",
            "read_tid2013", "read_kadid10k", "read_pipal", "ImageTuples", "READERS", "MOS_DIRECTION"]
@@ -66,25 +65,11 @@ def _is_hidden(p: Path) -> bool:
 
 
 def _regular(path: Path, where: str) -> Path:
-    """The path if it is an existing regular file; a clear error otherwise (never opens a FIFO)."""
-    try:
-        st = path.stat()
-    except OSError:
-        raise JudgementLayoutError(f"{where}: image {path} does not exist") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise JudgementLayoutError(f"{where}: {path} is not a regular file (a folder, FIFO or device); "
-                                   "point the row at an image file")
-    return path
+    return regular_file(path, JudgementLayoutError, "image", where)
 
 
 def _score_file(path: Path) -> Path:
-    try:
-        st = path.stat()
-    except OSError:
-        raise JudgementLayoutError(f"score file {path} does not exist") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise JudgementLayoutError(f"score file {path} is not a regular file")
-    return path
+    return regular_file(path, JudgementLayoutError, "score file")
 
 
 def _image_size(path: Path, where: str) -> tuple[int, int]:
