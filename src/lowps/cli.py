@@ -12,15 +12,24 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser", "score_main"]
 
 
-def _metric_args(p: argparse.ArgumentParser) -> None:
+_DISTANCES = ["meanpool", "local", "style", "linear"]
+
+
+def _metric_args(p: argparse.ArgumentParser, several_distances: bool = False, precision: bool = True) -> None:
+    """The metric's options, shared by every command that builds one."""
     p.add_argument("--backbone", default="resnet6", help="lowps backbone or timm model name (default: resnet6)")
-    p.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style", "linear"],
-                   help="distance head (default: meanpool)")
+    if several_distances:
+        p.add_argument("--distance", nargs="+", default=["meanpool"], choices=_DISTANCES,
+                       help="one or more distance heads, each scored (default: meanpool)")
+    else:
+        p.add_argument("--distance", default="meanpool", choices=_DISTANCES, help="distance head (default: meanpool)")
     p.add_argument("--weights", default=None,
                    help="backbone weights: registry name, file, URL, 'random' or 'timm' "
                         "(default: the backbone's default)")
     p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
     p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
+    if not precision:
+        return
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="backbone precision; bf16 is faster on GPUs and on CPUs with AVX-512 BF16/AMX (elsewhere "
                         "lowps warns and runs fp32), distances move by a few percent (default: fp32)")
@@ -345,12 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--size", default="64", help="input size, N or HxW (fixed in the graph; default: 64)")
     ex.add_argument("--batch", type=_positive_int, default=None,
                     help="fixed batch size (default: dynamic for onnx/pt2; torchscript traces any batch)")
-    ex.add_argument("--backbone", default="resnet6", help="lowps backbone or timm model name (default: resnet6)")
-    ex.add_argument("--distance", default="meanpool", choices=["meanpool", "local", "style", "linear"],
-                    help="distance head (default: meanpool)")
-    ex.add_argument("--weights", default=None, help="backbone weights (default: the backbone's default)")
-    ex.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
-    ex.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
+    _metric_args(ex, precision=False)  # the exported graph is fp32
     ex.set_defaults(func=_cmd_export)
 
     w = sub.add_parser("weights", help="list, download, verify, locate or convert weights")
@@ -504,17 +508,7 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="lowps", help="lowps (default) or a baseline: " + ", ".join(_baselines()))
     p.add_argument("--baselines", default="", metavar="LIST",
                    help="comma-separated baselines scored in the same run, e.g. l2,psnr,ssim,lpips-alex")
-    p.add_argument("--backbone", default="resnet6", help="lowps backbone or timm model name (default: resnet6)")
-    p.add_argument("--distance", nargs="+", default=["meanpool"], choices=["meanpool", "local", "style", "linear"],
-                   help="one or more distance heads, each scored (default: meanpool)")
-    p.add_argument("--weights", default=None,
-                   help="backbone weights: registry name, file, URL, 'random' or 'timm' "
-                        "(default: the backbone's default)")
-    p.add_argument("--head-weights", default=None, help="linear head weights (for --distance linear)")
-    p.add_argument("--layers", default=None, help="comma-separated layer names or indices (default: all)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="backbone precision (bf16: native on GPUs and AVX-512 BF16/AMX CPUs, else fp32 with a warning)")
-    p.add_argument("--force-precision", action="store_true", help="run --precision even where it is emulated (slow)")
+    _metric_args(p, several_distances=True)
     p.add_argument("--per-layer", action="store_true", help="BAPPS: also score each layer alone (layer-wise PS)")
     p.add_argument("--batch-size", type=_positive_int, default=50, help="images per metric call")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
