@@ -38,7 +38,7 @@ def main() -> None:
 
         ps = []
         for r in records:
-            scorer = build_scorer("lowps", r["arch"], "meanpool", str(Path(a.run) / r["file"]))
+            scorer = build_scorer("lowps", backbone=r["arch"], weights=str(Path(a.run) / r["file"]))
             rep = evaluate_bapps(a.bapps_root, scorer, categories=a.categories, progress=False)
             ps.append(100 * rep["summary"].get("all", sum(c["score"] for c in rep["categories"].values())
                                                / len(rep["categories"])))

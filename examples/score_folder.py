@@ -12,10 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 import lowps
-from lowps.inputs import load_image
 
 
 def main() -> None:
@@ -36,15 +33,14 @@ def main() -> None:
                 shutil.copy(images / "ref.png", tmp / "refs" / f.name)
                 shutil.copy(f, tmp / "gen" / f.name)
         a.refs, a.generated = tmp / "refs", tmp / "gen"
-    names = sorted(f.name for f in Path(a.refs).iterdir() if (Path(a.generated) / f.name).is_file())
-    metric = lowps.PerceptualDistance(weights=a.weights)
-    with torch.no_grad():
-        d = torch.cat([metric(load_image(Path(a.refs) / n), load_image(Path(a.generated) / n)) for n in names])
-    for n, v in sorted(zip(names, d.tolist()), key=lambda t: -t[1]):
+    # the same library call as `lowps dirs REFS GENERATED`
+    res = lowps.distance_folders(a.refs, a.generated, lowps.create_metric(weights=a.weights))
+    for n, v in sorted(res.rows, key=lambda t: -t[1]):
         print(f"{n:24s} {v:.5f}")
-    print(f"mean {d.mean():.5f}  median {d.median():.5f}  worst {d.max():.5f}  ({len(names)} images)")
+    s = res.summary()
+    print(f"mean {s['mean']:.5f}  median {s['median']:.5f}  worst {s['max']:.5f}  ({s['n']} images)")
     if a.csv:
-        Path(a.csv).write_text("file,distance\n" + "".join(f"{n},{v:.6f}\n" for n, v in zip(names, d.tolist())))
+        Path(a.csv).write_text("file,distance\n" + "".join(f"{n},{v:.6g}\n" for n, v in res.rows))
     if tmp:
         shutil.rmtree(tmp)
 

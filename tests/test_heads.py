@@ -112,7 +112,7 @@ def test_style_norm_is_switchable_and_checked():
         assert torch.allclose(per_none[k], per_hw[k] * n * n, rtol=1e-4)
     with pytest.raises(ValueError, match="style_norm"):
         lowps.PerceptualDistance(distance="style", weights="random", style_norm="gatys")
-    with pytest.raises(ValueError, match="applies to distance='style'"):
+    with pytest.raises(ValueError, match="applies only to distance='style'"):
         lowps.PerceptualDistance(distance="local", weights="random", style_norm="none")
 
 

@@ -3,6 +3,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import lowps
 
 
@@ -56,4 +58,19 @@ def test_ruff_is_clean():
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     r = subprocess.run([ruff, "check", "src", "tests", "benchmarks", "tools", "examples", "hubconf.py"], cwd=root,
                        capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+@pytest.mark.slow  # ~20 s cold
+def test_mypy_is_clean(tmp_path):
+    """The package is typed (py.typed): ``mypy`` (config in pyproject.toml) finds no errors in src/."""
+    import shutil
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
+    if mypy is None:
+        import pytest
+        pytest.skip("mypy is not installed (pip install -e '.[test]')")
+    r = subprocess.run([mypy, "--cache-dir", str(tmp_path / "cache"), "src/"], cwd=root, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]

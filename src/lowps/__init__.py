@@ -4,8 +4,10 @@ Kumar, Houlsby, Kalchbrenner, Cubuk. "Do better ImageNet classifiers assess perc
 better?" TMLR 2022. The public surface:
 
 * `PerceptualDistance`: the metric as an ``nn.Module`` (backbone -> feature taps -> head);
+* `MetricConfig` / `create_metric`: the metric's options as one typed, hashable object, and the factory;
 * `distance`: the functional form with a cached module;
 * `pairwise` / `nearest`: all-pairs distances and retrieval as matrix products;
+* `distance_folders`: distances between same-named images in two folders;
 * `LPIPS`: a drop-in for ``lpips.LPIPS`` (same signature and numbers), with the helpers
   ``lpips`` exports (``im2tensor``, ``load_image``, ``tensor2im``, ``psnr``, ...), so
   ``import lowps as lpips`` runs lpips's scripts;
@@ -20,8 +22,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
+import types
+from collections.abc import Sequence
 from typing import Any
 
 __version__ = "0.2.0"
@@ -29,7 +34,8 @@ __version__ = "0.2.0"
 #: public name -> the submodule that defines it
 _ATTRS = {
     "PerceptualDistance": "metric", "distance": "functional", "get_metric": "functional", "pairwise": "allpairs",
-    "nearest": "allpairs", "list_backbones": "backbones", "HEADS": "heads", "InputError": "inputs",
+    "nearest": "allpairs", "list_backbones": "backbones", "MetricConfig": "config", "create_metric": "config",
+    "distance_folders": "folders", "HEADS": "heads", "InputError": "inputs",
     "LPIPS": "lpips_compat",
     **{name: "lpips_utils" for name in ("dssim", "im2tensor", "l2", "load_image", "normalize_tensor", "np2tensor",
                                         "psnr", "rgb2lab", "tensor2im", "tensor2np", "tensor2tensorlab",
@@ -37,9 +43,10 @@ _ATTRS = {
 }
 # No submodule may share a name with an attribute above (importing it would rebind the package attribute).
 _SUBMODULES = ("backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs", "evaluate",
-               "data", "train", "lpips_compat", "lpips_utils", "sanity")
+               "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export")
 
-__all__ = ["PerceptualDistance", "LPIPS", "distance", "get_metric", "pairwise", "nearest", "list_backbones", "HEADS",
+__all__ = ["PerceptualDistance", "MetricConfig", "create_metric", "distance_folders", "LPIPS", "distance",
+           "get_metric", "pairwise", "nearest", "list_backbones", "HEADS",
            "InputError", "backbones", "heads", "weights", "__version__"]
 
 
@@ -67,7 +74,8 @@ def _register_models() -> None:
 class _AfterTimm(importlib.abc.MetaPathFinder):
     """Runs `_register_models` right after ``import timm`` finishes (a post-import hook)."""
 
-    def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != "timm":
             return None
         sys.meta_path.remove(self)  # find the real spec with the other finders, once
@@ -78,9 +86,9 @@ class _AfterTimm(importlib.abc.MetaPathFinder):
         if spec is None or spec.loader is None:
             return None
         loader = spec.loader
-        real_exec = loader.exec_module  # type: ignore[attr-defined]
+        real_exec = loader.exec_module
 
-        def exec_module(module):  # type: ignore[no-untyped-def]
+        def exec_module(module: types.ModuleType) -> None:
             real_exec(module)
             if self in sys.meta_path:
                 sys.meta_path.remove(self)

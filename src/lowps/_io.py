@@ -1,14 +1,16 @@
 """Output files: strict JSON written atomically, and one error type for unwritable outputs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-__all__ = ["OutputError", "strict_json", "write_json", "write_text_atomic"]
+__all__ = ["OutputError", "strict_json", "write_json", "write_text_atomic", "atomic_path"]
 
 
 class OutputError(ValueError):
@@ -28,11 +30,13 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
-def write_text_atomic(path: str | os.PathLike[str], write: Callable[[TextIO], None]) -> Path:
-    """Write through ``write(f)`` to a temporary file beside ``path``, then rename it into place.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it into place, on failure remove it.
 
-    An interrupted or failed write (Ctrl-C, full disk) leaves any previous file untouched and no
-    partial file behind.
+    The one way lowps writes an output file (JSON, CSV, checkpoints, resume states): an interrupted
+    or failed write (Ctrl-C, full disk) leaves any previous file untouched and no partial file
+    behind. Unwritable destinations are an `OutputError` naming the path.
     """
     p = Path(path)
     if p.is_dir():
@@ -43,24 +47,29 @@ def write_text_atomic(path: str | os.PathLike[str], write: Callable[[TextIO], No
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} does not exist; create it first")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+        fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
     except OSError as e:
         raise OutputError(f"cannot write {p}: {e.strerror or e}; choose a writable location") from e
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, p)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write {p}: {e.strerror or e}; choose a writable location with free space") from e
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+            raise OutputError(f"cannot write {p}: {getattr(e, 'strerror', None) or e}; choose a writable "
+                              f"location with free space") from e
         raise
-    return p
+
+
+def write_text_atomic(path: str | os.PathLike[str], write: Callable[[TextIO], None]) -> Path:
+    """Write text through ``write(f)`` atomically (`atomic_path`), fsynced before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> Path:

@@ -49,7 +49,7 @@ def embed_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLik
                 names = [os.fspath(x) for x in chunk if isinstance(x, (str, os.PathLike))][:3]
                 raise InputError(f"images differ in size {sorted(shapes)[:3]} (e.g. {names}); pairwise distances "
                                  "need one size: resize them first")
-            chunk = torch.stack([t if t.ndim == 3 else t[0] for t in tensors]).to(metric._scale.device)
+            chunk = torch.stack([t if t.ndim == 3 else t[0] for t in tensors]).to(metric.device)
         parts.append(metric.embed(chunk))
     dims = {p.shape[1] for p in parts}
     if len(dims) > 1:
@@ -107,7 +107,7 @@ def pairwise(a: torch.Tensor | Sequence[ImageLike], b: torch.Tensor | Sequence[I
     ea = embed_all(m, a, batch_size, progress, "features a")
     eb = None if b is None else embed_all(m, b, batch_size, progress, "features b")
     out = pairwise_embeddings(ea, eb, progress=progress)
-    dtype = torch.float64 if m._scale.dtype == torch.float64 else torch.float32
+    dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     return out.to(dtype).cpu()
 
 
@@ -139,5 +139,5 @@ def nearest(query: torch.Tensor | Sequence[ImageLike], gallery: torch.Tensor | S
         d, i = torch.sort(blk, dim=1, stable=True)  # stable: ties keep gallery order
         dists.append(d[:, :k])
         idx.append(i[:, :k])
-    dtype = torch.float64 if m._scale.dtype == torch.float64 else torch.float32
+    dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     return torch.cat(dists).to(dtype).cpu(), torch.cat(idx).cpu()

@@ -9,7 +9,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import scoring
+from ._dist import rank_world, require_group_if_launched
+from .config import MetricConfig, create_metric
 from .data.bapps import JNDSet, TwoAFCSet, find_root, list_categories
 
 __all__ = ["Scorer", "build_scorer", "evaluate_bapps", "evaluate_judgements", "format_table", "format_comparison",
@@ -40,30 +42,31 @@ def _psnr_distance(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(mse)  # = -PSNR for peak 1: smaller means more similar
 
 
-def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str = "meanpool",
-                 weights: str | None = None, head_weights: str | None = None, layers: list | None = None,
-                 device: str | torch.device = "cpu", per_layer: bool = False, precision: str = "fp32",
-                 force_precision: bool = False) -> Scorer:
-    """A `Scorer` for ``metric``: ``"lowps"`` (a `PerceptualDistance`) or a baseline."""
+def build_scorer(metric: str = "lowps", config: MetricConfig | None = None, *, device: str | torch.device = "cpu",
+                 per_layer: bool = False, **options: Any) -> Scorer:
+    """A `Scorer` for ``metric``: ``"lowps"`` (a `PerceptualDistance` from ``config`` and/or the
+    `MetricConfig` fields in ``options``) or a baseline (``l2``, ``psnr``, ``ssim``, ``lpips-*``)."""
     device = torch.device(device)
-    if metric != "lowps" and precision != "fp32":
-        raise ValueError(f"precision={precision!r} applies to lowps metrics only; baselines run in float32 "
-                         f"(drop --precision for --metric {metric})")
     if metric == "lowps":
-        from .metric import PerceptualDistance
-
-        m = PerceptualDistance(backbone, distance, weights=weights, layers=layers,
-                               head_weights=head_weights, precision=precision,
-                               force_precision=force_precision).to(device)
+        cfg = (config or MetricConfig()).replace(**options) if options else (config or MetricConfig())
+        m = create_metric(cfg, device=device)
 
         def fn(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             if per_layer:
-                return m(x0, x1, per_layer=True)  # type: ignore[return-value]
+                total, per = m(x0, x1, per_layer=True)
+                return total, per
             return m(x0, x1), {}
-        cfg = {"metric": "lowps", "backbone": m.backbone.arch, "distance": distance, "layers": m.layer_names,
-               "weights": m.backbone.weights_name, "weights_sha256": m.backbone.weights_sha256,
-               "head_weights": head_weights, "precision": m.precision, "precision_requested": precision}
-        return Scorer(f"lowps:{m.backbone.arch}/{distance}", fn, cfg)
+        record = {"metric": "lowps", "backbone": m.backbone.arch, "distance": cfg.distance, "layers": m.layer_names,
+                  "weights": m.backbone.weights_name, "weights_sha256": m.backbone.weights_sha256,
+                  "head_weights": cfg.head_weights, "precision": m.precision, "precision_requested": cfg.precision}
+        if cfg.style_norm != "hw":
+            record["style_norm"] = cfg.style_norm
+        return Scorer(f"lowps:{m.backbone.arch}/{cfg.distance}", fn, record)
+    given = (config.to_dict() if config else {}) | options
+    ignored = sorted(k for k, v in given.items() if v != getattr(MetricConfig(), k))
+    if ignored:
+        raise ValueError(f"{', '.join(f'{k}=' for k in ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to lowps "
+                         f"metrics only; baselines run in float32 on RGB [0, 1] (drop it for --metric {metric})")
     if metric == "l2":
         return Scorer("l2", lambda a, b: ((a - b).pow(2).flatten(1).mean(1), {}),
                       {"metric": "l2", "space": "RGB [0,1]"})
@@ -76,7 +79,9 @@ def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str
             raise ImportError("the ssim baseline uses torchmetrics: pip install torchmetrics") from e
 
         def ssim_fn(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return 1 - ssim(a, b, data_range=1.0, reduction="none"), {}
+            s = ssim(a, b, data_range=1.0, reduction="none")
+            assert isinstance(s, torch.Tensor)  # (no return_full_image)
+            return 1 - s, {}
         return Scorer("ssim", ssim_fn, {"metric": "ssim", "distance": "1-SSIM", "window": "gaussian 11, sigma 1.5"})
     if metric.startswith("lpips-"):
         from .lpips_compat import LPIPS
@@ -90,18 +95,14 @@ def build_scorer(metric: str = "lowps", backbone: str = "resnet6", distance: str
     raise ValueError(f"unknown metric {metric!r}; choose lowps or one of {', '.join(BASELINES)}")
 
 
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def _distances(ds: Dataset, scorer: Scorer, mode: str, batch_size: int, device: torch.device,
                num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
     """Distances for every item of ``ds``; under torchrun each rank takes every world-th batch."""
-    rank, world = _dist_info()
-    batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
+    require_group_if_launched("lowps scoring")
+    rank, world = rank_world()
+    n = len(ds)  # type: ignore[arg-type]  # our datasets are Sized; torch's Dataset type is not
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     mine = batches[rank::world]
     loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers)
     parts: list[tuple[list[int], dict[str, np.ndarray]]] = []
@@ -150,7 +151,8 @@ def evaluate_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: 
                      "margins": scoring.margins(d["d0"], d["d1"], d["judge"])}
             layer_names = [k[3:] for k in d if k.startswith("d0:")]
             if layer_names:
-                entry["layers"] = {n: scoring.score_2afc(d[f"d0:{n}"], d[f"d1:{n}"], d["judge"]) for n in layer_names}
+                entry["layers"] = scoring.layerwise_2afc({n: d[f"d0:{n}"] for n in layer_names},
+                                                         {n: d[f"d1:{n}"] for n in layer_names}, d["judge"])
         else:
             entry = {"n": len(ds), "score": scoring.score_jnd(d["d"], d["same"])}
             layer_names = [k[2:] for k in d if k.startswith("d:")]
@@ -171,8 +173,10 @@ def _tuple_distances(ds: Dataset, scorer: Scorer, kind: str, batch_size: int, de
     is split into groups of one size before it reaches the metric. Under torchrun each rank takes
     every world-th batch and rank 0 gathers.
     """
-    rank, world = _dist_info()
-    batches = [list(range(i, min(i + batch_size, len(ds)))) for i in range(0, len(ds), batch_size)]
+    require_group_if_launched("lowps scoring")
+    rank, world = rank_world()
+    n = len(ds)  # type: ignore[arg-type]  # our datasets are Sized; torch's Dataset type is not
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     mine = batches[rank::world]
     loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, collate_fn=list)
     idx_out, d0_out, d1_out = [], [], []

@@ -37,7 +37,7 @@ def export_metric(metric: PerceptualDistance, path: str | os.PathLike[str], form
     lo, hi = metric.input_range
     g = torch.Generator().manual_seed(0)
     example = tuple(torch.rand(n, 3, *size, generator=g) * (hi - lo) + lo for _ in range(2))
-    device, dtype = metric._scale.device, metric._scale.dtype
+    device, dtype = metric.device, metric.dtype
     example = tuple(x.to(device=device, dtype=dtype) for x in example)
     checks = metric.check_inputs
     metric.check_inputs = False  # value checks are Python-side; the graph has none

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["InputError", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
-           "parse_input_range", "validate_batch"]
+           "parse_input_range", "validate_batch", "affine_normalisation"]
 
 ImageLike = Union[torch.Tensor, np.ndarray, "os.PathLike[str]", str, Any]  # Any: PIL.Image.Image
 
@@ -43,6 +43,16 @@ def parse_input_range(input_range: tuple[float, float] | str) -> tuple[float, fl
     if not hi > lo:
         raise InputError(f"input_range must have low < high, got {(lo, hi)}")
     return lo, hi
+
+
+def affine_normalisation(input_range: tuple[float, float], mean: tuple[float, ...], std: tuple[float, ...],
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each (1, C, 1, 1), with ``x * scale + shift == ((x - lo) / (hi - lo) - mean) / std``:
+    the one map from a value range to a backbone's normalised input (metric, LPIPS trunks, training)."""
+    lo, hi = parse_input_range(input_range)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return 1.0 / ((hi - lo) * s), -(lo / (hi - lo) + m) / s
 
 
 #: The background that transparent pixels are composited over (straight alpha): white, as image
@@ -244,5 +254,6 @@ def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[flo
                          "resize or crop them to one size first")
     if x0.device != x1.device:
         raise InputError(f"img0 is on {x0.device} and img1 on {x1.device}; move both to one device")
-    kw = dict(min_size=min_size, fixed_size=fixed_size, multiple_of=multiple_of, check_values=check_values)
+    kw: dict[str, Any] = dict(min_size=min_size, fixed_size=fixed_size, multiple_of=multiple_of,
+                              check_values=check_values)
     return validate_batch(x0, input_range, name="img0", **kw), validate_batch(x1, input_range, name="img1", **kw)

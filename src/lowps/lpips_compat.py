@@ -28,13 +28,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .heads import unit_normalize
-from .inputs import validate_pair
+from .inputs import affine_normalisation, validate_pair
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 __all__ = ["LPIPS", "LPIPS_NETS"]
 
@@ -79,6 +83,9 @@ def _torchvision_trunk(arch: str, pretrained: bool) -> nn.Sequential:
 class ScalingLayer(nn.Module):
     """LPIPS's input scaling for [-1, 1] images (v0.1)."""
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
@@ -111,13 +118,15 @@ class _SlicedTrunk(nn.Module):
 class _LowpsTrunk(nn.Module):
     """A lowps backbone taking [-1, 1] input (mapped to [0, 1], then its own normalisation)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone
-        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
-        std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-        self.register_buffer("scale", 0.5 / std, persistent=False)
-        self.register_buffer("shift", (0.5 - mean) / std, persistent=False)
+        scale, shift = affine_normalisation((-1.0, 1.0), backbone.mean, backbone.std)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(x * self.scale + self.shift)
@@ -181,7 +190,7 @@ class LPIPS(nn.Module):
             arch, cuts, self.chns, self.min_size = _SLICES[net]
             self.scaling_layer: nn.Module | None = ScalingLayer()
             self.net: nn.Module = _SlicedTrunk(_torchvision_trunk(arch, not pnet_rand), cuts)
-            lin_name = f"lpips-{'vgg' if net == 'vgg16' else net}-v{version}"
+            lin_name: str | None = f"lpips-{'vgg' if net == 'vgg16' else net}-v{version}"
         else:
             try:
                 backbone = wts.build_backbone(net, "random" if pnet_rand else None)
@@ -194,7 +203,7 @@ class LPIPS(nn.Module):
             self.min_size = backbone.min_size
             self.scaling_layer = None
             self.net = _LowpsTrunk(backbone)
-            heads = [e for e in wts.list(kind="head") if e.arch == backbone.arch
+            heads = [e for e in wts.list_weights(kind="head") if e.arch == backbone.arch
                      and e.base == getattr(backbone, "weights_name", None)]
             lin_name = heads[0].name if heads else None
         self.L = len(self.chns)
@@ -238,11 +247,14 @@ class LPIPS(nn.Module):
             raise WeightsError(f"linear weights {os.fspath(source)!r} do not fit net={self.pnet_type!r}: "
                                f"missing {missing}, unexpected {unexpected}")
         for k in range(self.L):
-            conv = self.lins[k].conv
+            conv = self._lin(k).conv
             if tuple(got[k].shape) != tuple(conv.weight.shape):
                 raise WeightsError(f"lin{k}: file shape {tuple(got[k].shape)} vs model {tuple(conv.weight.shape)}")
             with torch.no_grad():
                 conv.weight.copy_(got[k])
+
+    def _lin(self, k: int) -> NetLinLayer:
+        return cast(NetLinLayer, self.lins[k])
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False,  # noqa: N803
                 normalize: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -278,7 +290,7 @@ class LPIPS(nn.Module):
             f0, f1 = feats0[k], feats1[k]
             wide = f0.dtype if f0.dtype in (torch.float32, torch.float64) else torch.float32
             diff = (unit_normalize(f0.to(wide)) - unit_normalize(f1.to(wide))) ** 2
-            d = self.lins[k](diff.to(self.lins[k].conv.weight.dtype)) if self.lpips else diff.sum(1, keepdim=True)
+            d = self._lin(k)(diff.to(self._lin(k).conv.weight.dtype)) if self.lpips else diff.sum(1, keepdim=True)
             if self.spatial:
                 d = F.interpolate(d, size=tuple(x0.shape[2:]), mode="bilinear", align_corners=False)
             else:

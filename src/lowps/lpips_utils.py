@@ -73,7 +73,8 @@ def tensor2tensorlab(image_tensor: torch.Tensor, to_norm: bool = True, mc_only: 
     return np2tensor(img_lab)
 
 
-def tensorlab2tensor(lab_tensor: torch.Tensor, return_inbnd: bool = False):  # type: ignore[no-untyped-def]
+def tensorlab2tensor(lab_tensor: torch.Tensor,
+                     return_inbnd: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Inverse of `tensor2tensorlab`; with ``return_inbnd`` also the in-gamut mask."""
     import warnings
 

@@ -1,25 +1,21 @@
 """The metric module: backbone -> feature taps -> distance head (Kumar et al. 2022)."""
 from __future__ import annotations
 
-import os
+import dataclasses
 import warnings
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .backbones import Backbone
+from .config import PRECISIONS, MetricConfig, WeightsSpec
 from .heads import Head, LinearHead, create_head
-from .inputs import ImageLike, InputError, parse_input_range, to_tensor, validate_batch, validate_pair
+from .inputs import ImageLike, InputError, affine_normalisation, to_tensor, validate_batch, validate_pair
 
-__all__ = ["PerceptualDistance", "WeightsSpec"]
+__all__ = ["PerceptualDistance", "WeightsSpec", "MetricConfig"]
 
-#: ``None`` (the backbone's default weights), ``"random"`` (seeded random init, the paper's baseline),
-#: a registry name (``lowps.weights.list()``), a local file path or an http(s) URL.
-WeightsSpec = Union[str, "os.PathLike[str]", None]
-
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PRECISIONS = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 _WARNED: set[str] = set()
@@ -83,33 +79,43 @@ class PerceptualDistance(nn.Module):
     frozen parameters; gradients flow to the inputs, so it can be used as a loss.
     """
 
+    _scale: torch.Tensor  # buffers: the affine map from input_range to the trunk's normalised input
+    _shift: torch.Tensor
+
     def __init__(self, backbone: str = "resnet6", distance: str = "meanpool", weights: WeightsSpec = None,
                  layers: Sequence[str | int] | None = None,
                  input_range: tuple[float, float] | str = (0.0, 1.0),
                  head_weights: WeightsSpec = None, check_inputs: bool = True,
                  precision: str = "fp32", force_precision: bool = False, style_norm: str = "hw") -> None:
         super().__init__()
-        self._style_norm = style_norm
+        #: The options this metric was built from (`lowps.MetricConfig`): a cache key and a record.
+        self.config = MetricConfig(backbone=backbone, distance=distance, weights=weights,
+                                   layers=layers,  # type: ignore[arg-type]  # normalised to a tuple
+                                   input_range=input_range,  # type: ignore[arg-type]  # parsed from "lo,hi"
+                                   head_weights=head_weights, check_inputs=check_inputs,
+                                   precision=precision, force_precision=force_precision, style_norm=style_norm)
         # Built outside inference mode whatever the caller's mode: parameters and buffers made under
         # torch.inference_mode() are inference tensors that no later autograd call may use.
         with torch.inference_mode(False):
-            self._build(backbone, distance, weights, layers, input_range, head_weights, check_inputs, precision,
-                        force_precision)
+            self._build(self.config)
 
-    def _build(self, backbone: str, distance: str, weights: WeightsSpec, layers: Sequence[str | int] | None,
-               input_range: tuple[float, float] | str, head_weights: WeightsSpec, check_inputs: bool,
-               precision: str, force_precision: bool) -> None:
+    @classmethod
+    def from_config(cls, config: MetricConfig) -> PerceptualDistance:
+        """Build from a `MetricConfig` (``lowps.create_metric`` also applies device and dtype)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+    def _build(self, cfg: MetricConfig) -> None:
         from . import weights as wts  # late import: weights imports backbones
 
-        self.input_range = parse_input_range(input_range)
-        if precision not in _PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
-        self.requested_precision, self.force_precision = precision, force_precision
+        backbone, distance, weights, layers = cfg.backbone, cfg.distance, cfg.weights, cfg.layers
+        head_weights, precision = cfg.head_weights, cfg.precision
+        self.input_range = cfg.input_range
+        self.requested_precision, self.force_precision = precision, cfg.force_precision
         self.precision = "fp32"  # what the trunk runs in; set by _set_trunk_precision below
-        self.check_inputs = check_inputs
+        self.check_inputs = cfg.check_inputs
         self.backbone: Backbone = wts.build_backbone(backbone, weights)
         self.head: Head = create_head(distance, [layer.channels for layer in self.backbone.layers],
-                                      style_norm=self._style_norm)
+                                      style_norm=cfg.style_norm)
         if isinstance(self.head, LinearHead):
             if head_weights is None:
                 raise ValueError("distance='linear' needs trained weights: pass head_weights=<file or registry "
@@ -123,19 +129,17 @@ class PerceptualDistance(nn.Module):
         self.layer_names = [self.backbone.layers[i].name for i in self.layer_idx]
         reductions = [self.backbone.layers[i].reduction for i in self.layer_idx]
         all_reductions = [layer.reduction for layer in self.backbone.layers if layer.reduction]
-        if None in reductions or not all_reductions:
+        known = [r for r in reductions if r is not None]
+        if len(known) < len(reductions) or not all_reductions:
             self.min_size = self.backbone.min_size
         else:
             # the backbone's measured minimum applies to its deepest tap; shallower taps need proportionally less
-            deepest = max(reductions)
+            deepest = max(known)
             self.min_size = max(deepest // 2, -(-self.backbone.min_size * deepest // max(all_reductions)))
 
-        lo, hi = self.input_range
-        mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
-        # One affine map from input_range to normalised input: x01 = (x - lo)/(hi - lo); (x01 - mean)/std.
-        self.register_buffer("_scale", 1.0 / ((hi - lo) * std), persistent=False)
-        self.register_buffer("_shift", -(lo / (hi - lo) + mean) / std, persistent=False)
+        scale, shift = affine_normalisation(self.input_range, self.backbone.mean, self.backbone.std)
+        self.register_buffer("_scale", scale, persistent=False)
+        self.register_buffer("_shift", shift, persistent=False)
         self.requires_grad_(False)
         self.eval()
         # Fast paths that keep results within float rounding (<1e-6 relative): BatchNorm folded into
@@ -145,6 +149,16 @@ class PerceptualDistance(nn.Module):
         if self.backbone.kind != "cls":
             self.backbone.to(memory_format=torch.channels_last)
         self._set_trunk_precision()
+
+    @property
+    def device(self) -> torch.device:
+        """The device the metric runs on (inputs must be there)."""
+        return self._scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype tensor inputs must have (float32 unless the module was cast with ``.to(dtype)``)."""
+        return self._scale.dtype
 
     def _set_trunk_precision(self) -> None:
         """Cast the trunk to the requested precision where this device runs it natively (else fp32)."""
@@ -163,7 +177,7 @@ class PerceptualDistance(nn.Module):
             self.backbone.to(_PRECISIONS[eff])
         self.precision = eff
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PerceptualDistance:
         out = super()._apply(fn, recurse)
         # Moved to another kind of device (e.g. .cuda() after building on a CPU without bf16): decide again.
         if getattr(self, "_trunk_device_type", None) not in (None, self._scale.device.type):
@@ -290,7 +304,7 @@ class PerceptualDistance(nn.Module):
         if not self.head.has_map:
             raise ValueError(f"distance={self.head.name!r} has no spatial map; use distance='local' or 'linear'")
         x0, x1 = self._prepare(img0, img1)
-        size = tuple(x0.shape[-2:])
+        size = (int(x0.shape[-2]), int(x0.shape[-1]))
         maps = _cat([self.head.maps(*self._pair_features(x0[c], x1[c]), self.layer_idx, size)
                      for c in self._chunks(x0)])
         total = maps.sum(1, keepdim=True)
@@ -316,7 +330,8 @@ class PerceptualDistance(nn.Module):
         if x.device != self._scale.device or x.dtype != self._scale.dtype:
             x = self._prepare(x, x)[0]
         if x.shape[0] == 0:
-            return torch.zeros(0, self.embedding_dim(tuple(x.shape[-2:])), dtype=self._head_dtype(), device=x.device)
+            dim = self.embedding_dim((int(x.shape[-2]), int(x.shape[-1])))
+            return torch.zeros(0, dim, dtype=self._head_dtype(), device=x.device)
         return _cat([self.head.embed(self.features(x[c]), self.layer_idx) for c in self._chunks(x, images_per_item=1)])
 
     def _head_dtype(self) -> torch.dtype:

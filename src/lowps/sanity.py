@@ -14,6 +14,7 @@ No human data is involved: this checks monotonicity only and is no substitute fo
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ def _spearman_rows(sev: np.ndarray, d: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def sanity_table(metrics: dict[str, torch.nn.Module], patches: torch.Tensor, batch_size: int = 100,
+def sanity_table(metrics: Mapping[str, torch.nn.Module], patches: torch.Tensor, batch_size: int = 100,
                  seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """``{metric: {distortion: {"within": rho, "pooled": rho}}}`` on uint8 or float patches (N, 3, 64, 64)."""
     from scipy.stats import spearmanr

@@ -6,6 +6,7 @@ Lower is better (``higher_is_better = False``), as for torchmetrics' LPIPS.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("lowps.torchmetrics needs torchmetrics: pip install 'lowps[torchmetrics]'") from e
 
+from .config import MetricConfig, create_metric
 from .metric import PerceptualDistance
 
 __all__ = ["LowpsDistance"]
@@ -28,16 +30,17 @@ class LowpsDistance(Metric):
             (``backbone``, ``distance``, ``weights``, ``input_range``, ...) as keyword arguments.
     """
 
+    sum_distance: torch.Tensor  # states (add_state)
+    total: torch.Tensor
     higher_is_better = False
     is_differentiable = True
     full_state_update = False
 
     def __init__(self, metric: PerceptualDistance | None = None, **options: Any) -> None:
-        metric_kwargs = {k: options.pop(k) for k in list(options)
-                         if k in ("backbone", "distance", "weights", "layers", "input_range", "head_weights",
-                                  "precision", "force_precision", "style_norm", "check_inputs")}
+        fields = {f.name for f in dataclasses.fields(MetricConfig)}
+        metric_kwargs = {k: options.pop(k) for k in list(options) if k in fields}  # the rest go to torchmetrics
         super().__init__(**options)
-        self.metric = metric if metric is not None else PerceptualDistance(**metric_kwargs)
+        self.metric = metric if metric is not None else create_metric(**metric_kwargs)
         self.add_state("sum_distance", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

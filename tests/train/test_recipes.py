@@ -25,3 +25,23 @@ def test_default_recipe_and_explicit_flags_win():
     with pytest.raises(ValueError, match="unknown recipe"):
         apply_recipe(TrainConfig(), "imagenet")
     assert set(RECIPES) == {"default", "paper"}
+
+
+def test_init_and_bias_decay_switches(tmp_path):
+    import timm
+    import torch
+
+    from lowps.train.backbone import TrainConfig, _param_groups, train_backbone
+    m = timm.create_model("resnet6", num_classes=10)
+    decayed = {id(p) for p in _param_groups(m, 1e-4)[0]["params"]}
+    assert id(m.fc.bias) in decayed and id(m.fc.weight) in decayed and id(m.bn1.weight) not in decayed
+    decayed = {id(p) for p in _param_groups(m, 1e-4, bias_decay=False)[0]["params"]}
+    assert id(m.fc.bias) not in decayed and id(m.fc.weight) in decayed
+    assert all(p.ndim > 1 for p in _param_groups(m, 1e-4, bias_decay=False)[0]["params"])
+    # kaiming is lowps < 0.2's init; it applies to the TPU ResNets only
+    torch.manual_seed(0)
+    k = timm.create_model("resnet6", num_classes=10, init="kaiming")
+    assert abs(float(k.conv1.weight.detach().std()) - (2 / (64 * 49)) ** 0.5) < 0.1 * (2 / (64 * 49)) ** 0.5
+    with pytest.raises(ValueError, match="TPU ResNets.*resnet18"):
+        train_backbone(TrainConfig(arch="resnet18", init="kaiming", data="folder:" + str(tmp_path),
+                                   out=str(tmp_path / "run")))

@@ -49,7 +49,7 @@ def test_readme_main_command_works():
     assert float(r.stdout) > 0
 
 
-TRAINED = [e for e in lowps.weights.list() if e.kind == "backbone" and e.embedded and e.metrics.get("top1")]
+TRAINED = [e for e in lowps.weights.list_weights() if e.kind == "backbone" and e.embedded and e.metrics.get("top1")]
 
 
 def test_every_shipped_checkpoint_is_in_the_model_card_with_its_sha256():

@@ -18,7 +18,7 @@ def _resnet6_file(tmp_path, name="w.safetensors", seed=1, **meta):
 
 
 def test_manifest_entries_are_complete():
-    for e in weights.list():
+    for e in weights.list_weights():
         assert len(e.sha256) == 64 and e.size > 0 and e.arch and e.license and e.source
         if e.embedded:
             assert e.local_path().is_file(), f"embedded {e.name} missing from the package"
@@ -157,3 +157,10 @@ def test_nan_weights_are_refused_at_load(tmp_path):
     lowps.weights.save_checkpoint(path, bb.model, arch="resnet6", num_classes=0)
     with pytest.raises(lowps.weights.WeightsError, match="NaN or inf"):
         lowps.PerceptualDistance(weights=str(path))
+
+
+def test_list_is_a_deprecated_alias_of_list_weights():
+    import pytest
+    with pytest.warns(DeprecationWarning, match="list_weights"):
+        old = weights.list(kind="backbone")
+    assert [e.name for e in old] == [e.name for e in weights.list_weights(kind="backbone")]

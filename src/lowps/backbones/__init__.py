@@ -20,6 +20,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -74,6 +75,10 @@ class Backbone(nn.Module):
         self.mean, self.std, self.min_size = tuple(mean), tuple(std), int(min_size)
         self._tap_indices = tap_indices
         self.fixed_size, self.multiple_of = fixed_size, multiple_of
+        #: which weights are loaded (a registry name, file, URL, "random" or "timm") and their sha256;
+        #: set by `lowps.weights.build_backbone`
+        self.weights_name: str | None = None
+        self.weights_sha256: str | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -147,8 +152,9 @@ def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
     """
     arch = check_backbone_name(name)
     with _seeded(seed):
-        extra = {"init_seed": seed} if arch in _TPU_ARCHS else {}
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
+        extra: dict[str, Any] = {"init_seed": seed} if arch in _TPU_ARCHS else {}
+        # Any: lowps reads attributes that only some timm models have (cls_token, patch_embed, ...)
+        model: Any = timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
@@ -163,10 +169,10 @@ def create_backbone(name: str, num_classes: int = 0, seed: int = 0) -> Backbone:
     if hasattr(model, "cls_token") and model.cls_token is not None and blocks is not None:
         width = int(model.embed_dim)
         layers = [LayerInfo(f"block{i}", width, None) for i in range(len(blocks))]
-        patch = model.patch_embed.patch_size  # type: ignore[union-attr]
+        patch = model.patch_embed.patch_size
         fixed = None
         if not getattr(model, "dynamic_img_size", False):
-            fixed = tuple(model.patch_embed.img_size)  # type: ignore[union-attr]
+            fixed = tuple(model.patch_embed.img_size)
         return Backbone(arch, model, layers, "cls", mean, std, min_size=max(patch), fixed_size=fixed,
                         multiple_of=max(patch))
     info = getattr(model, "feature_info", None)

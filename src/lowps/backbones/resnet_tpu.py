@@ -14,8 +14,9 @@ the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +147,7 @@ class SingleConvBlock(nn.Module):
             self._nchw_weight = self.conv1.weight.detach().clone(memory_format=torch.contiguous_format)
         self._nchw_key = self._weight_key()
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> SingleConvBlock:
         # `.to(device/dtype/memory_format)`, `.cuda()`, `.half()` ...: keep the NCHW copy NCHW and current.
         out = super()._apply(fn, recurse)
         if self.shortcut is None:
@@ -170,8 +171,8 @@ class SingleConvBlock(nn.Module):
         if isinstance(self.shortcut, nn.Identity):
             weight[:, :, 1, 1] += torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
         else:
-            proj, bn = self.shortcut[0], self.shortcut[1]
-            if not isinstance(bn, nn.Identity) or proj.bias is None:
+            proj, bn = cast(_Projection, self.shortcut)
+            if not isinstance(bn, nn.Identity) or not isinstance(proj, nn.Conv2d) or proj.bias is None:
                 raise RuntimeError("merge_shortcut() needs BatchNorm folded first (TPUResNet.fuse())")
             weight[:, :, 1, 1] += proj.weight[:, :, 0, 0]
             bias += proj.bias
@@ -270,7 +271,7 @@ class TPUResNet(nn.Module):
         """Names of every (conv, BN) pair, in the order the TPU code creates them."""
         pairs = [("conv1", "bn1")]
         for i, stage in enumerate(self.stages):
-            for j, block in enumerate(stage):
+            for j, block in enumerate(cast(nn.Sequential, stage)):
                 p = f"stages.{i}.{j}."
                 if block.shortcut is not None and not isinstance(block.shortcut, nn.Identity):
                     pairs.append((p + "shortcut.0", p + "shortcut.1"))
@@ -289,6 +290,7 @@ class TPUResNet(nn.Module):
             conv, bn = self.get_submodule(conv_name), self.get_submodule(bn_name)
             if isinstance(bn, nn.Identity):
                 continue  # already fused
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d), (conv_name, bn_name)
             parent, _, leaf = conv_name.rpartition(".")
             setattr(self.get_submodule(parent) if parent else self, leaf, fuse_conv_bn_eval(conv, bn))
             parent, _, leaf = bn_name.rpartition(".")
@@ -303,7 +305,7 @@ class TPUResNet(nn.Module):
         """
         self.fuse_bn()
         for stage in self.stages:
-            for block in stage:
+            for block in cast(nn.Sequential, stage):
                 if isinstance(block, SingleConvBlock):
                     block.merge_shortcut()
         return self
@@ -343,7 +345,7 @@ class TPUResNet(nn.Module):
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         conv = self.conv1
         y = self.bn1(F.conv2d(band.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride,
-                              (0, conv.padding[1])))
+                              (0, int(conv.padding[1]))))
         if r0 != want0 or r1 != want1:  # the pool's padding: never wins a max
             y = F.pad(y, (0, 0, r0 - want0, want1 - r1), value=float("-inf"))
         return F.max_pool2d(y, 3, 2, padding=(0, y.shape[-1] % 2), ceil_mode=True)
@@ -359,7 +361,7 @@ class TPUResNet(nn.Module):
         final ReLU); with ``intermediates_only=False`` also the last stage's output."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt {output_fmt!r}: TPU ResNets give NCHW maps only")
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = feature_take_indices(len(self.stages), _index_list(indices))
         x = self._stem(x)
         feats = []
         stages = self.stages if not stop_early and not intermediates_only else self.stages[:max_index + 1]
@@ -372,7 +374,7 @@ class TPUResNet(nn.Module):
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 4, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """timm's API: drop stages after the last of ``indices`` (and the classifier); returns the indices."""
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = feature_take_indices(len(self.stages), _index_list(indices))
         self.stages = self.stages[:max_index + 1]
         if prune_head:
             self.reset_classifier(0)
@@ -401,11 +403,16 @@ class TPUResNet(nn.Module):
 _FILES = Path(__file__).resolve().parents[1] / "weights" / "files"
 
 
-def _cfg(file: str | None, **kw: object) -> dict:
-    cfg = {"url": "", "num_classes": 202 if file else 1000, "input_size": (3, 64, 64), "pool_size": (2, 2),
-           "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
-           "std": (0.229, 0.224, 0.225), "first_conv": "conv1", "classifier": "fc",
-           "license": "cc-by-nc-4.0 (trained on Tiny ImageNet: ImageNet's non-commercial terms)" if file else None}
+def _index_list(indices: int | Sequence[int] | None) -> int | list[int] | None:
+    return indices if indices is None or isinstance(indices, int) else list(indices)
+
+
+def _cfg(file: str | None, **kw: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "url": "", "num_classes": 202 if file else 1000, "input_size": (3, 64, 64), "pool_size": (2, 2),
+        "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225), "first_conv": "conv1", "classifier": "fc",
+        "license": "cc-by-nc-4.0 (trained on Tiny ImageNet: ImageNet's non-commercial terms)" if file else None}
     if file:
         cfg["file"] = str(_FILES / file)
     cfg.update(kw)
@@ -425,37 +432,37 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant: str, layers: tuple[int, ...], block: str, pretrained: bool, **kwargs: object) -> TPUResNet:
+def _create(variant: str, layers: tuple[int, ...], block: str, pretrained: bool, **kwargs: Any) -> TPUResNet:
     return build_model_with_cfg(TPUResNet, variant, pretrained, layers=layers, block=block,
                                 feature_cfg={"feature_cls": "getter", "out_indices": (0, 1, 2, 3)}, **kwargs)
 
 
 @register_model
-def resnet6(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+def resnet6(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
     """ResNet-6 of Kumar et al. 2022: four single-conv residual blocks, 1,774,656 trunk parameters."""
     return _create("resnet6", (1, 1, 1, 1), "single", pretrained, **kwargs)
 
 
 @register_model
-def resnet10(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+def resnet10(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
     """ResNet-10 (lowps's; in neither the paper nor the TPU code): basic blocks [1, 1, 1, 1], projection
     shortcut in every stage as the TPU code does for its first blocks."""
     return _create("resnet10", (1, 1, 1, 1), "basic", pretrained, **kwargs)
 
 
 @register_model
-def resnet18_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+def resnet18_tpu(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
     """ResNet-18, TPU style (projection on every stage)."""
     return _create("resnet18_tpu", (2, 2, 2, 2), "basic", pretrained, **kwargs)
 
 
 @register_model
-def resnet50_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+def resnet50_tpu(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
     """ResNet-50, TPU style (bottleneck, stride on the 3x3, projection on every stage)."""
     return _create("resnet50_tpu", (3, 4, 6, 3), "bottleneck", pretrained, **kwargs)
 
 
 @register_model
-def resnet200_tpu(pretrained: bool = False, **kwargs: object) -> TPUResNet:
+def resnet200_tpu(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
     """ResNet-200, TPU style."""
     return _create("resnet200_tpu", (3, 24, 36, 3), "bottleneck", pretrained, **kwargs)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,8 +331,9 @@ def read_pipal(root: str | os.PathLike[str], check_sizes: bool = True) -> list[R
 
 
 #: Dataset name -> (kind, reader). ``2afc`` and ``mos`` take a CSV, the others a root folder.
-READERS = {"2afc": ("2afc", read_2afc_csv), "nights": ("2afc", read_nights), "mos": ("mos", read_mos_csv),
-           "tid2013": ("mos", read_tid2013), "kadid10k": ("mos", read_kadid10k), "pipal": ("mos", read_pipal)}
+READERS: dict[str, tuple[str, Callable[..., list]]] = {
+    "2afc": ("2afc", read_2afc_csv), "nights": ("2afc", read_nights), "mos": ("mos", read_mos_csv),
+    "tid2013": ("mos", read_tid2013), "kadid10k": ("mos", read_kadid10k), "pipal": ("mos", read_pipal)}
 
 
 class ImageTuples(Dataset):

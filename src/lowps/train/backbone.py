@@ -6,18 +6,20 @@ run writes checkpoints from the first steps on: every checkpoint is ``step{N:07d
 config, sha256). ``resume.pt`` holds the optimiser state; ``--resume`` continues from it and gives
 the same weights as an uninterrupted run (all randomness is derived from ``(seed, step)``).
 
-Runs unchanged under ``torchrun --nproc_per_node K`` (DDP; gloo on CPU, nccl on CUDA): each rank
-takes its slice of every global batch, so the global batch and the schedule do not depend on K.
+Runs unchanged under ``torchrun --nproc_per_node K`` (DDP; gloo on CPU, nccl on CUDA; the CLI sets up the
+process group with `lowps._dist.process_group_from_env`): each rank takes its slice of every global
+batch, so the global batch and the schedule do not depend on K.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -26,8 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+from .._dist import rank_world, require_group_if_launched
+from .._io import atomic_path, write_json
+from ..backbones import _TPU_ARCHS, IMAGENET_MEAN, IMAGENET_STD
 from ..data.imagenet import ClassificationData, load_split
+from ..inputs import affine_normalisation
 from ..weights import save_checkpoint
 
 __all__ = ["TrainConfig", "train_backbone", "evaluate"]
@@ -57,6 +62,8 @@ class TrainConfig:
     progress: bool = True
     stop_after: int | None = None  # stop (with a checkpoint) at this step; --resume continues the same run
     recipe: str = "default"  # recorded; set the fields with apply_recipe()
+    init: str = "tpu"  # lowps TPU ResNets: "tpu" (the TPU code's variance scaling) or "kaiming" (lowps < 0.2)
+    bias_decay: bool = True  # weight decay on the classifier bias, as the TPU code (lowps < 0.2: False)
 
 
 #: Training recipes. ``default``: lowps's CPU-friendly recipe (cosine, batch 256, 1 warm-up epoch), a
@@ -64,13 +71,13 @@ class TrainConfig:
 #: lr 0.1 x batch/256, SGD Nesterov 0.9, weight decay 1e-4 (not on BN), 5 warm-up epochs of 90 and
 #: x0.1 steps at epochs 30/60/80 of 90. Scaled to another dataset/epoch budget by keeping the
 #: *fractions* of training: warm-up = 5/90 of the epochs, steps at 1/3, 2/3 and 8/9.
-RECIPES = {
+RECIPES: dict[str, dict[str, Any]] = {
     "default": {"batch_size": 256, "schedule": "cosine", "warmup_fraction": None, "warmup_epochs": 1.0},
     "paper": {"batch_size": 1024, "schedule": "step", "warmup_fraction": 5 / 90, "warmup_epochs": None},
 }
 
 
-def apply_recipe(cfg: TrainConfig, recipe: str, explicit: set[str] = frozenset()) -> TrainConfig:  # type: ignore[assignment]
+def apply_recipe(cfg: TrainConfig, recipe: str, explicit: AbstractSet[str] = frozenset()) -> TrainConfig:
     """Set ``cfg``'s batch size, schedule and warm-up from ``recipe`` (fields in ``explicit`` are kept)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -83,12 +90,6 @@ def apply_recipe(cfg: TrainConfig, recipe: str, explicit: set[str] = frozenset()
         cfg.warmup_epochs = r["warmup_epochs"] if r["warmup_fraction"] is None else r["warmup_fraction"] * cfg.epochs
     cfg.recipe = recipe
     return cfg
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _augment(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -109,16 +110,17 @@ def _augment(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+_SCALE, _SHIFT = affine_normalisation((0.0, 255.0), IMAGENET_MEAN, IMAGENET_STD)  # uint8 pixel values
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return (x * _SCALE.to(x.device) + _SHIFT.to(x.device)).contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ClassificationData, device: torch.device, batch: int = 500) -> dict[str, float]:
     """Top-1/top-5 (%) of ``model`` on ``data``; sharded over DDP ranks and all-reduced."""
-    rank, world = _dist()
+    rank, world = rank_world()
     was = model.training
     model.eval()
     idx = torch.arange(rank, len(data), world)
@@ -148,12 +150,14 @@ def _lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> fl
     return base * 0.1 ** factor
 
 
-def _param_groups(model: nn.Module, wd: float) -> list[dict]:
+def _param_groups(model: nn.Module, wd: float, bias_decay: bool = True) -> list[dict]:
     # As the TPU ResNet code: weight decay on every trainable variable except BatchNorm's gamma/beta
     # (its loss adds L2 for all variables whose name lacks "batch_normalization"), so the classifier's
-    # bias is decayed too.
+    # bias is decayed too. bias_decay=False: no decay on any 1-d parameter (lowps < 0.2's recipe).
     bn_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                  for p in m.parameters(recurse=False)}
+    if not bias_decay:
+        bn_params |= {id(p) for p in model.parameters() if p.ndim <= 1}
     decay = [p for p in model.parameters() if id(p) not in bn_params]
     no_decay = [p for p in model.parameters() if id(p) in bn_params]
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
@@ -161,12 +165,14 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict]:
 
 def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train per ``cfg``; returns the output directory. See the module docstring."""
-    own_group = False
-    if dist.is_available() and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 \
-            and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        own_group = True
-    rank, world = _dist()
+    require_group_if_launched("train_backbone")
+    init_kwargs: dict[str, Any] = {}
+    if cfg.init != "tpu":  # checked before any data is read
+        if cfg.arch not in _TPU_ARCHS:
+            raise ValueError(f"init={cfg.init!r} applies to lowps's TPU ResNets ({', '.join(_TPU_ARCHS)}), "
+                             f"not {cfg.arch!r}; leave it at 'tpu' for timm models (they use their own init)")
+        init_kwargs["init"] = cfg.init
+    rank, world = rank_world()
     if cfg.device == "auto":
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
@@ -185,9 +191,11 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     num_classes = len(train.classes)
 
     torch.manual_seed(cfg.seed)
-    model = timm.create_model(cfg.arch, num_classes=num_classes).to(device).to(memory_format=torch.channels_last)
+    model = timm.create_model(cfg.arch, num_classes=num_classes, **init_kwargs)
+    model = model.to(device).to(memory_format=torch.channels_last)
     base_lr = cfg.lr if cfg.lr is not None else 0.1 * cfg.batch_size / 256
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=base_lr, momentum=cfg.momentum, nesterov=True)
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.bias_decay), lr=base_lr, momentum=cfg.momentum,
+                          nesterov=True)
     steps_per_epoch = len(train) // cfg.batch_size
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -214,9 +222,9 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
                               step=step, data=train.source)
         record = {"arch": cfg.arch, "step": step, "epoch": round(step / steps_per_epoch, 4), **metrics,
                   "sha256": sha, "file": f"{name}.safetensors", "config": config}
-        (out / f"{name}.json").write_text(json.dumps(record, indent=1))
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, out / "resume.pt.tmp")
-        os.replace(out / "resume.pt.tmp", out / "resume.pt")
+        write_json(out / f"{name}.json", record)
+        with atomic_path(out / "resume.pt") as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
         if bar is not None:
             bar.write(f"step {step}: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%")
 
@@ -256,7 +264,4 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
         if step + 1 == cfg.stop_after:
             break
     bar.close()
-    if own_group:  # a clean shutdown: gloo aborts at interpreter exit if the group is left open
-        dist.barrier()
-        dist.destroy_process_group()
     return out

@@ -18,9 +18,10 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
+from .._io import atomic_path, write_json
+from ..config import MetricConfig, create_metric
 from ..data.bapps import TwoAFCSet, find_root, list_categories
 from ..heads import LinearHead
-from ..metric import PerceptualDistance
 from ..weights.hub import sha256_file
 
 __all__ = ["Dist2Logit", "train_linear", "lr_factor"]
@@ -58,8 +59,8 @@ def train_linear(backbone: str, bapps_root: str | None, out: str, weights: str |
     torch.manual_seed(seed)
     root = find_root(bapps_root)
     cats = categories or list_categories(root, "2afc", split)
-    data = ConcatDataset([TwoAFCSet(root, c, split) for c in cats])
-    metric = PerceptualDistance(backbone, "linear", weights=weights, head_weights="ones").to(device)
+    data: ConcatDataset = ConcatDataset([TwoAFCSet(root, c, split) for c in cats])
+    metric = create_metric(MetricConfig(backbone, "linear", weights=weights, head_weights="ones"), device=device)
     head: LinearHead = metric.head  # type: ignore[assignment]
     head.requires_grad_(True)
     head.dropout = 0.5  # LPIPS's NetLinLayer: Dropout(0.5) before each 1x1 conv, active in train mode only
@@ -97,15 +98,8 @@ def train_linear(backbone: str, bapps_root: str | None, out: str, weights: str |
             "base_sha256": str(metric.backbone.weights_sha256), "layers": ",".join(metric.layer_names),
             "protocol": f"2AFC BCE, Adam lr {lr} beta1 {beta1}, {epochs}+{decay_epochs} epochs, batch {batch_size}",
             "bapps_split": split, "categories": ",".join(cats), "triplets": str(len(data))}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         save_file(state, str(tmp), metadata=meta)
-        tmp.replace(out_path)
-    except Exception as e:  # SafetensorError / OSError: unwritable folder, full disk
-        tmp.unlink(missing_ok=True)
-        from .._io import OutputError
-        raise OutputError(f"cannot write {out_path}: {e}; choose a writable location with free space") from e
     record = dict(meta, sha256=sha256_file(out_path), loss_per_epoch=history)
-    from .._io import write_json
     write_json(out_path.with_suffix(".json"), record)
     return out_path

@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -31,7 +32,7 @@ from .hub import ChecksumError, DownloadError, OfflineError, cache_dir, download
 if TYPE_CHECKING:
     from ..backbones import Backbone
 
-__all__ = ["WeightsEntry", "list", "get", "path", "download", "verify", "build_backbone", "url_cache_path",
+__all__ = ["WeightsEntry", "list_weights", "get", "path", "download", "verify", "build_backbone", "url_cache_path",
            "load_head", "load_state_dict", "save_checkpoint", "default_for", "cache_dir",
            "DownloadError", "OfflineError", "ChecksumError", "WeightsError"]
 
@@ -83,10 +84,17 @@ def _manifest() -> dict[str, WeightsEntry]:
     return out
 
 
-def list(arch: str | None = None, kind: str | None = None) -> builtins.list[WeightsEntry]:  # noqa: A001
-    """Registry entries, optionally only those for one architecture or kind."""
+def list_weights(arch: str | None = None, kind: str | None = None) -> builtins.list[WeightsEntry]:
+    """Registry entries, optionally only those for one architecture or kind (``"backbone"``, ``"head"``)."""
     return [e for e in _manifest().values()
             if (arch is None or e.arch == arch) and (kind is None or e.kind == kind)]
+
+
+def list(arch: str | None = None, kind: str | None = None) -> builtins.list[WeightsEntry]:  # noqa: A001
+    """Deprecated alias of `list_weights` (the name shadowed the builtin ``list``); removed in 0.4."""
+    warnings.warn("lowps.weights.list() is deprecated: use lowps.weights.list_weights()", DeprecationWarning,
+                  stacklevel=2)
+    return list_weights(arch, kind)
 
 
 def get(name: str) -> WeightsEntry:
@@ -234,13 +242,14 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, **metadata: 
     """Write ``model``'s state dict as safetensors with string metadata; return the sha256."""
     from safetensors.torch import save_file
 
+    from .._io import atomic_path
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
     return sha256_file(p)
 
 
@@ -264,7 +273,8 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
 def _num_classes(backbone: Backbone, state: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     if "num_classes" in meta:
         return int(meta["num_classes"])
-    clf = backbone.model.pretrained_cfg.get("classifier", "fc") if hasattr(backbone.model, "pretrained_cfg") else "fc"
+    cfg: Any = getattr(backbone.model, "pretrained_cfg", None) or {}
+    clf = cfg.get("classifier", "fc")
     w = state.get(f"{clf}.weight")
     return int(w.shape[0]) if w is not None else 0
 
@@ -291,13 +301,15 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
         import timm
 
         bb = create_backbone(arch)
-        hub_constants, was_offline = None, None
+        hub_constants: Any = None
+        was_offline = None
         if offline():
             # timm's hub client would otherwise retry the network for over a minute before failing;
             # huggingface_hub reads HF_HUB_OFFLINE once at import, so switch its module flag for this call
             try:
-                import huggingface_hub.constants as hub_constants  # type: ignore[no-redef]
+                import huggingface_hub.constants
 
+                hub_constants = huggingface_hub.constants
                 was_offline, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, True
             except ImportError:
                 hub_constants = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import timm
@@ -33,7 +34,8 @@ _LAYER_RE = re.compile(r"^(?:(?P<scope>.*)/)?(?P<kind>conv2d|batch_normalization
 
 def tf_creation_order(model: TPUResNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """(conv, bn) modules of ``model`` in the order the TPU code creates its variables."""
-    return [(model.get_submodule(c), model.get_submodule(b)) for c, b in model.conv_bn_pairs()]
+    return [(cast(nn.Conv2d, model.get_submodule(c)), cast(nn.BatchNorm2d, model.get_submodule(b)))
+            for c, b in model.conv_bn_pairs()]
 
 
 def state_dict_from_tf_arrays(model: TPUResNet, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

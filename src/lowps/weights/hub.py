@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -144,7 +145,7 @@ class _Fatal(Exception):
     """An HTTP answer that retrying will not change (4xx, bad range)."""
 
 
-def _chunks_as_they_arrive(r: requests.Response):  # type: ignore[no-untyped-def]
+def _chunks_as_they_arrive(r: requests.Response) -> Iterator[bytes]:
     """The body in pieces as the network delivers them: ``iter_content`` blocks until a whole chunk
     has arrived, which would let a server that trickles bytes stall the deadline check."""
     read1 = getattr(r.raw, "read1", None)

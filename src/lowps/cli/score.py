@@ -1,0 +1,147 @@
+"""``lowps-score``: agreement of metrics with human judgements (BAPPS, 2AFC CSVs, NIGHTS, MOS sets)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._common import USER_ERRORS, add_metric_options, cli_message, metric_config, non_negative_int, positive_int
+
+DATASETS = ("bapps", "2afc", "nights", "tid2013", "kadid10k", "pipal", "mos")
+
+
+def _baselines() -> tuple[str, ...]:
+    from ..scoring import BASELINES
+
+    return BASELINES
+
+
+def build_score_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowps-score", description="Score perceptual metrics against human "
+                                "judgements: BAPPS 2AFC/JND, any 2AFC CSV, NIGHTS, TID2013, KADID-10k, PIPAL or "
+                                "any MOS CSV (docs/benchmarks.md).")
+    p.add_argument("--dataset", default="bapps", choices=DATASETS, help="which judgement set (default: bapps)")
+    p.add_argument("--root", default=None, help="the dataset's folder (BAPPS: its 'dataset' directory, default "
+                   "the downloaded copy)")
+    p.add_argument("--csv", default=None, help="with --dataset 2afc (ref,p0,p1,h[,category]) or mos "
+                   "(ref,dist,mos[,category]): the CSV; paths are relative to its folder")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--higher-is-better", dest="higher_is_better", action="store_true", default=None,
+                           help="--dataset mos: the score rises with quality (MOS; the default)")
+    direction.add_argument("--lower-is-better", dest="higher_is_better", action="store_false",
+                           help="--dataset mos: the score falls with quality (DMOS)")
+    p.add_argument("--nights-split", default="test", choices=["train", "val", "test"], help="NIGHTS split")
+    p.add_argument("--min-votes", type=int, default=6, help="NIGHTS: keep triplets with at least this many "
+                   "votes (6: DreamSim's unanimous set)")
+    p.add_argument("--resize", type=positive_int, default=None, metavar="N",
+                   help="scale images so the shorter side is N px (default: native size; BAPPS is always 64)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
+                   help="resamples of reference images for 95%% CIs (0: none; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--download", action="store_true", help="download and extract BAPPS into the cache, then exit")
+    p.add_argument("--subset", default="val", choices=["val", "train", "jnd", "all"], help="with --download")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="BAPPS split")
+    p.add_argument("--categories", nargs="+", default=None, help="BAPPS: default every category present")
+    p.add_argument("--mode", default="2afc", choices=["2afc", "jnd"], help="BAPPS: 2AFC or JND")
+    p.add_argument("--metric", default="lowps", help="lowps (default) or a baseline: " + ", ".join(_baselines()))
+    p.add_argument("--baselines", default="", metavar="LIST",
+                   help="comma-separated baselines scored in the same run, e.g. l2,psnr,ssim,lpips-alex")
+    add_metric_options(p, several=("distance",))
+    p.add_argument("--per-layer", action="store_true", help="BAPPS: also score each layer alone (layer-wise PS)")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="images per metric call")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full report as strict JSON (atomically)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart (with 95%% CIs where computed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _read_records(a: argparse.Namespace) -> tuple[list, str]:
+    from ..data import judgements as J
+
+    if a.dataset in ("2afc", "mos"):
+        if not a.csv:
+            raise ValueError(f"--dataset {a.dataset} needs --csv FILE (see docs/benchmarks.md for the columns)")
+        return J.READERS[a.dataset][1](a.csv), str(a.csv)
+    if a.csv:
+        raise ValueError(f"--csv applies to --dataset 2afc or mos, not {a.dataset}; use --root DIR")
+    if not a.root:
+        raise ValueError(f"--dataset {a.dataset} needs --root DIR, the dataset's folder (see docs/benchmarks.md)")
+    if a.dataset == "nights":
+        return J.read_nights(a.root, split=a.nights_split, min_votes=a.min_votes), str(a.root)
+    return J.READERS[a.dataset][1](a.root), str(a.root)
+
+
+def _scorers(a: argparse.Namespace) -> list:
+    from ..evaluate import build_scorer
+
+    names = [a.metric] + [b.strip() for b in a.baselines.split(",") if b.strip()]
+    for n in names:
+        if n != "lowps" and n not in _baselines():
+            raise ValueError(f"unknown metric {n!r}; choose lowps or one of {', '.join(_baselines())}")
+    if a.style_norm != "hw" and "style" not in a.distance:
+        raise ValueError(f"--style-norm {a.style_norm} applies only to --distance style, not {' '.join(a.distance)}")
+    scorers = []
+    for n in dict.fromkeys(names):
+        if n == "lowps":
+            for head in dict.fromkeys(a.distance):
+                cfg = metric_config(a, distance=head, style_norm=a.style_norm if head == "style" else "hw")
+                scorers.append(build_scorer("lowps", cfg, device=a.device, per_layer=a.per_layer))
+        else:
+            if a.metric != "lowps" and a.precision != "fp32":
+                raise ValueError(f"precision={a.precision!r} applies to lowps metrics only; baselines run in "
+                                 f"float32 (drop --precision for --metric {a.metric})")
+            scorers.append(build_scorer(n, device=a.device))
+    return scorers
+
+
+def _score(a: argparse.Namespace) -> int:
+    from .._dist import process_group_from_env
+    from .._io import write_json
+    from ..evaluate import evaluate_bapps, evaluate_judgements, format_comparison, plot_comparison
+
+    if a.dataset == "bapps" and a.resize is not None:
+        raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
+    records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
+    with process_group_from_env(a.device) as (rank, _):
+        reports = []
+        for scorer in _scorers(a):
+            if a.dataset == "bapps" or records is None:
+                reports.append(evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
+                                              a.workers, progress=not a.quiet))
+            else:
+                from ..data.judgements import MOS_DIRECTION
+
+                direction = (a.higher_is_better if a.higher_is_better is not None else True) if a.dataset == "mos" \
+                    else MOS_DIRECTION.get(a.dataset, True)
+                reports.append(evaluate_judgements(a.dataset, records, scorer, higher_is_better=direction,
+                                                   resize=a.resize, bootstrap=a.bootstrap, seed=a.seed,
+                                                   batch_size=a.batch_size, device=a.device, num_workers=a.workers,
+                                                   progress=not a.quiet, source=source))
+    if rank != 0:
+        return 0
+    print(format_comparison(reports))
+    if a.json:
+        write_json(a.json, reports[0] if len(reports) == 1 else {"dataset": a.dataset, "reports": reports})
+    if a.plot:
+        plot_comparison(reports, a.plot)
+    return 0
+
+
+def score_main(argv: Sequence[str] | None = None) -> int:
+    """``lowps-score``: runs unchanged under ``torchrun`` (rank 0 prints and writes)."""
+    p = build_score_parser()
+    a = p.parse_args(argv)
+    if a.higher_is_better is not None and a.dataset != "mos":
+        p.error("--higher-is-better/--lower-is-better apply to --dataset mos (the named MOS sets know their direction)")
+    try:
+        if a.download:
+            from ..data.bapps import download_bapps
+
+            print(download_bapps(a.subset, progress=not a.quiet))
+            return 0
+        return _score(a)
+    except USER_ERRORS as e:
+        print(f"lowps-score: error: {cli_message(e)}", file=sys.stderr)
+        return 2
