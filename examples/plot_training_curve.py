@@ -34,12 +34,12 @@ def main() -> None:
     ax.set_xlabel("training step")
     ax.set_ylabel("top-1 (%)")
     if a.bapps_root:
-        from lowps.evaluate import build_scorer, evaluate_bapps
+        from lowps.agreement import build_scorer, score_bapps
 
         ps = []
         for r in records:
             scorer = build_scorer("lowps", backbone=r["arch"], weights=str(Path(a.run) / r["file"]))
-            rep = evaluate_bapps(a.bapps_root, scorer, categories=a.categories, progress=False)
+            rep = score_bapps(a.bapps_root, scorer, categories=a.categories, progress=False)
             ps.append(100 * rep["summary"].get("all", sum(c["score"] for c in rep["categories"].values())
                                                / len(rep["categories"])))
         ax2 = ax.twinx()

@@ -74,3 +74,15 @@ def test_mypy_is_clean(tmp_path):
     r = subprocess.run([mypy, "--cache-dir", str(tmp_path / "cache"), "src/"], cwd=root, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_renamed_modules_warn_and_still_work():
+    out = _run("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+               "try:\n    import lowps.evaluate\nexcept DeprecationWarning as e:\n    print('warned', e)")
+    assert "warned" in out and "lowps.agreement" in out
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from lowps import agreement, evaluate
+    assert evaluate.evaluate_bapps is agreement.score_bapps
+    assert evaluate.evaluate_judgements is agreement.score_judgements

@@ -43,7 +43,8 @@ _ATTRS = {
 }
 # No submodule may share a name with an attribute above (importing it would rebind the package attribute).
 _SUBMODULES = ("backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs", "evaluate",
-               "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export")
+               "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export",
+               "agreement")
 
 __all__ = ["PerceptualDistance", "MetricConfig", "create_metric", "distance_folders", "LPIPS", "distance",
            "get_metric", "pairwise", "nearest", "list_backbones", "HEADS",

@@ -15,7 +15,7 @@ __all__ = ["score_2afc", "score_jnd", "voc_ap", "rank_correlation", "margins", "
            "DISTORTION_SETS", "REAL_ALGORITHM_SETS", "VAL_CATEGORIES", "summarize", "logistic5", "fit_logistic5",
            "mos_statistics", "bootstrap", "finite_or_none"]
 
-#: Baselines ``lowps-score`` can run next to lowps (lowps.evaluate.build_scorer).
+#: Baselines ``lowps-score`` can run next to lowps (lowps.agreement.build_scorer).
 BASELINES = ("l2", "psnr", "ssim", "lpips-alex", "lpips-vgg", "lpips-squeeze")
 
 DISTORTION_SETS = ("traditional", "cnn")

@@ -74,7 +74,7 @@ def _read_records(a: argparse.Namespace) -> tuple[list, str]:
 
 
 def _scorers(a: argparse.Namespace) -> list:
-    from ..evaluate import build_scorer
+    from ..agreement import build_scorer
 
     names = [a.metric] + [b.strip() for b in a.baselines.split(",") if b.strip()]
     for n in names:
@@ -99,7 +99,7 @@ def _scorers(a: argparse.Namespace) -> list:
 def _score(a: argparse.Namespace) -> int:
     from .._dist import process_group_from_env
     from .._io import write_json
-    from ..evaluate import evaluate_bapps, evaluate_judgements, format_comparison, plot_comparison
+    from ..agreement import format_comparison, plot_comparison, score_bapps, score_judgements
 
     if a.dataset == "bapps" and a.resize is not None:
         raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
@@ -108,14 +108,14 @@ def _score(a: argparse.Namespace) -> int:
         reports = []
         for scorer in _scorers(a):
             if a.dataset == "bapps" or records is None:
-                reports.append(evaluate_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
+                reports.append(score_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
                                               a.workers, progress=not a.quiet))
             else:
                 from ..data.judgements import MOS_DIRECTION
 
                 direction = (a.higher_is_better if a.higher_is_better is not None else True) if a.dataset == "mos" \
                     else MOS_DIRECTION.get(a.dataset, True)
-                reports.append(evaluate_judgements(a.dataset, records, scorer, higher_is_better=direction,
+                reports.append(score_judgements(a.dataset, records, scorer, higher_is_better=direction,
                                                    resize=a.resize, bootstrap=a.bootstrap, seed=a.seed,
                                                    batch_size=a.batch_size, device=a.device, num_workers=a.workers,
                                                    progress=not a.quiet, source=source))
