@@ -3,10 +3,13 @@
     python benchmarks/bench_pairwise.py [--n 600 10000] [--heads meanpool local style linear] [--size 64]
         [--json FILE]
 
-For each N and head: seconds to embed N random 64x64 images (the N forward passes), seconds for
-``lowps.pairwise`` (embedding + the N x N matrix as float64 matrix products), and their ratio; the
-distance part is negligible when the ratio is near 1. Heads whose embedding would not fit in memory
-at that N (style: 348,160 floats per image) are skipped beyond ``--max-embed-gib``.
+For each N and head: seconds for the N backbone forward passes alone ("trunk"), seconds to embed
+the N random 64x64 images (`PerceptualDistance.embed`: forward passes + the head's vectors),
+seconds for ``lowps.pairwise`` (its own embedding + the N x N matrix as float64 matrix products),
+and the ratio pairwise / embed; the distance part is negligible when the ratio is near 1. (For
+``style`` pairwise uses low-rank factors where they are cheaper than the Gram vectors that `embed`
+builds, so it can take less than the embedding.) Heads whose embedding would not fit in memory
+at that N (style: 174,560 floats per image) are skipped beyond ``--max-embed-gib``.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     a = p.parse_args()
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {datetime.date.today()}")
-    print(f"{'head':<10}{'N':>7}{'dim':>9}{'embed s':>10}{'pairwise s':>12}{'ratio':>8}")
+    print(f"{'head':<10}{'N':>7}{'dim':>9}{'trunk s':>9}{'embed s':>10}{'pairwise s':>12}{'ratio':>8}")
     rows = []
     for n in a.n:
         x = torch.rand(n, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
@@ -46,15 +49,21 @@ def main() -> None:
                 continue
             embed_all(m, x[:a.batch_size], a.batch_size)  # warm-up
             t = time.perf_counter()
+            with torch.no_grad():
+                for s in range(0, n, a.batch_size):
+                    m.features(x[s:s + a.batch_size])
+            t_trunk = time.perf_counter() - t
+            t = time.perf_counter()
             embed_all(m, x, a.batch_size)
             t_embed = time.perf_counter() - t
             t = time.perf_counter()
             mat = lowps.pairwise(x, metric=m, batch_size=a.batch_size)
             t_pair = time.perf_counter() - t
             assert mat.shape == (n, n)
-            rows.append({"head": head, "n": n, "dim": dim, "embed_s": t_embed, "pairwise_s": t_pair,
+            rows.append({"head": head, "n": n, "dim": dim, "trunk_s": t_trunk, "embed_s": t_embed, "pairwise_s": t_pair,
                          "ratio": t_pair / t_embed})
-            print(f"{head:<10}{n:>7}{dim:>9}{t_embed:>10.2f}{t_pair:>12.2f}{t_pair / t_embed:>8.2f}", flush=True)
+            print(f"{head:<10}{n:>7}{dim:>9}{t_trunk:>9.2f}{t_embed:>10.2f}{t_pair:>12.2f}{t_pair / t_embed:>8.2f}",
+                  flush=True)
     if a.json:
         from lowps._io import write_json
         write_json(a.json, {"meta": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -128,3 +128,21 @@ def test_distance_features_mismatches_are_clear_errors():
     other = lowps.PerceptualDistance(distance="meanpool", weights="random")
     with pytest.raises(lowps.InputError, match="do not match"):
         m.distance_features(m.embed(x), other.embed(x))
+
+
+def test_style_low_rank_layers_take_the_factor_path_with_equal_results():
+    m = _metric("style", layers=["stage3", "stage4"])
+    x, _ = pair(5, size=64, seed=7)
+    dense, factors = m.embed_parts(x)
+    # stage4 at 64x64: 2x2 positions, 512 channels -> factor (16 x 512 multiply-adds per pair instead
+    # of 131,328); stage3: 4x4 positions, 256 channels -> packed Gram vector (32,896 values)
+    assert dense.shape == (5, 256 * 257 // 2) and [tuple(f.shape) for f in factors] == [(5, 512, 4)]
+    assert m.embed(x).shape == (5, 256 * 257 // 2 + 512 * 513 // 2)
+    mat = lowps.pairwise(x, metric=m)
+    assert torch.equal(mat, mat.T) and bool((mat.diagonal() == 0).all())
+    with torch.no_grad():
+        naive = torch.stack([m(x[i:i + 1].expand(5, -1, -1, -1), x) for i in range(5)])
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert torch.allclose(mat[off], naive[off], rtol=1e-5, atol=1e-10)
+    d, i = lowps.nearest(x, x, k=2, metric=m, exclude_self=True)
+    assert torch.allclose(d, mat.masked_fill(~off, float("inf")).sort(dim=1).values[:, :2])

@@ -8,7 +8,9 @@ differences of large norms, which float32 would lose), in row blocks that bound 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -29,17 +31,44 @@ def _as_images(imgs: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor | list:
     return list(imgs)
 
 
+@dataclass
+class _Parts:
+    """Per-image all-pairs data: vectors (N, D) and low-rank factors (N, C, n) (`PerceptualDistance.embed_parts`)."""
+
+    dense: torch.Tensor
+    factors: list[torch.Tensor] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.dense.shape[0]
+
+    def rows(self, s: int, e: int) -> _Parts:
+        return _Parts(self.dense[s:e], [f[s:e] for f in self.factors])
+
+
 @torch.no_grad()
 def embed_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int = 64,
               progress: bool = False, desc: str = "features") -> torch.Tensor:
     """Embed a tensor batch or a list of images (paths, PIL, arrays) in chunks: (N, D)."""
+    return _collect(metric, imgs, batch_size, progress, desc, metric.embed)
+
+
+def _embed_parts_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int,
+                     progress: bool, desc: str) -> _Parts:
+    chunks = _collect(metric, imgs, batch_size, progress, desc, metric.embed_parts, cat=False)
+    dense = torch.cat([d for d, _ in chunks])
+    factors = [torch.cat([fs[k] for _, fs in chunks]) for k in range(len(chunks[0][1]))]
+    return _Parts(dense, factors)
+
+
+def _collect(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int, progress: bool,
+             desc: str, fn: Callable[[torch.Tensor], Any], cat: bool = True) -> Any:
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     imgs = _as_images(imgs)
     n = len(imgs)
     if n == 0:
         raise InputError("no images given")
-    parts: list[torch.Tensor] = []
+    parts: list[Any] = []
     for i in tqdm(range(0, n, batch_size), disable=not progress, desc=desc, leave=False):
         chunk = imgs[i:i + batch_size]
         if not isinstance(chunk, torch.Tensor):
@@ -50,11 +79,12 @@ def embed_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLik
                 raise InputError(f"images differ in size {sorted(shapes)[:3]} (e.g. {names}); pairwise distances "
                                  "need one size: resize them first")
             chunk = torch.stack([t if t.ndim == 3 else t[0] for t in tensors]).to(metric.device)
-        parts.append(metric.embed(chunk))
-    dims = {p.shape[1] for p in parts}
+        parts.append(fn(chunk))
+    # one image size: the same vector length (and factor shapes) in every chunk
+    dims = {p.shape[1] if cat else (p[0].shape[1], *(tuple(f.shape[1:]) for f in p[1])) for p in parts}
     if len(dims) > 1:
         raise InputError("images differ in size between batches; pairwise distances need one size: resize them first")
-    return torch.cat(parts)
+    return torch.cat(parts) if cat else parts
 
 
 def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block: int = BLOCK_ELEMENTS,
@@ -91,6 +121,41 @@ def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block:
     return out
 
 
+def _factor_distances(fa: torch.Tensor, fb: torch.Tensor | None, block: int = BLOCK_ELEMENTS) -> torch.Tensor:
+    """``||Va^T Va||^2 + ||Vb^T Vb||^2 - 2 ||Va^T Vb||^2`` for all pairs of factors (N, C, n), (M, C, m), in
+    float64: the cross terms of a row block are one (r n) x (M m) x C matrix product."""
+    a = fa.double()
+    b = a if fb is None else fb.double()
+
+    def self_term(v: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.matrix_norm(v.transpose(1, 2) @ v).square()
+
+    sa = self_term(a)
+    sb = sa if fb is None else self_term(b)
+    n, c, k = a.shape
+    m, _, j = b.shape
+    bt = b.transpose(1, 2).reshape(m * j, c)
+    out = torch.empty(n, m, dtype=torch.float64, device=a.device)
+    rows = max(1, block // max(1, m * j * k))
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        cross = (a[s:e].transpose(1, 2).reshape(-1, c) @ bt.T).view(e - s, k, m, j).square().sum((1, 3))
+        out[s:e] = sa[s:e, None] + sb[None] - 2 * cross
+    return out
+
+
+def _distances(pa: _Parts, pb: _Parts | None, progress: bool = False) -> torch.Tensor:
+    """The N x M matrix from vectors (`pairwise_embeddings`) plus each factor's term; float64."""
+    out = pairwise_embeddings(pa.dense, None if pb is None else pb.dense, progress=progress)
+    for k, fa in enumerate(pa.factors):
+        out += _factor_distances(fa, None if pb is None else pb.factors[k])
+    if pa.factors:
+        out.clamp_(min=0)
+        if pb is None:
+            out.fill_diagonal_(0)
+    return out
+
+
 @torch.no_grad()
 def pairwise(a: torch.Tensor | Sequence[ImageLike], b: torch.Tensor | Sequence[ImageLike] | None = None,
              metric: PerceptualDistance | None = None, batch_size: int = 64, chunk: int | None = None,
@@ -104,9 +169,12 @@ def pairwise(a: torch.Tensor | Sequence[ImageLike], b: torch.Tensor | Sequence[I
     losses). ``chunk`` is accepted for compatibility and ignored (memory is bounded per row block).
     """
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]
-    ea = embed_all(m, a, batch_size, progress, "features a")
-    eb = None if b is None else embed_all(m, b, batch_size, progress, "features b")
-    out = pairwise_embeddings(ea, eb, progress=progress)
+    pa = _embed_parts_all(m, a, batch_size, progress, "features a")
+    pb = None if b is None else _embed_parts_all(m, b, batch_size, progress, "features b")
+    if pb is not None and pa.dense.shape[1] != pb.dense.shape[1]:
+        raise InputError(f"embeddings of length {pa.dense.shape[1]} and {pb.dense.shape[1]} do not match (another "
+                         "image size)")
+    out = _distances(pa, pb, progress=progress)
     dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     return out.to(dtype).cpu()
 
@@ -121,18 +189,21 @@ def nearest(query: torch.Tensor | Sequence[ImageLike], gallery: torch.Tensor | S
     ``exclude_self=True`` (query and gallery the same images) skips each image's own entry.
     """
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]
-    eq = embed_all(m, query, batch_size, progress, "features query")
-    eg = embed_all(m, gallery, batch_size, progress, "features gallery")
-    if exclude_self and eq.shape[0] != eg.shape[0]:
+    eq = _embed_parts_all(m, query, batch_size, progress, "features query")
+    eg = _embed_parts_all(m, gallery, batch_size, progress, "features gallery")
+    if eq.dense.shape[1] != eg.dense.shape[1]:
+        raise InputError(f"embeddings of length {eq.dense.shape[1]} and {eg.dense.shape[1]} do not match (another "
+                         "image size)")
+    if exclude_self and len(eq) != len(eg):
         raise InputError("exclude_self=True needs the query and the gallery to be the same images")
     kk = k + (1 if exclude_self else 0)
-    if not 1 <= k or kk > eg.shape[0]:
-        most = eg.shape[0] - (1 if exclude_self else 0)
+    if not 1 <= k or kk > len(eg):
+        most = len(eg) - (1 if exclude_self else 0)
         raise InputError(f"k must be between 1 and {most} (the gallery size), got {k}")
-    rows = max(1, BLOCK_ELEMENTS // eg.shape[0])
+    rows = max(1, BLOCK_ELEMENTS // len(eg))
     dists, idx = [], []
-    for s in range(0, eq.shape[0], rows):
-        blk = pairwise_embeddings(eq[s:s + rows], eg)
+    for s in range(0, len(eq), rows):
+        blk = _distances(eq.rows(s, s + rows), eg)
         if exclude_self:
             r = torch.arange(blk.shape[0], device=blk.device)
             blk[r, r + s] = float("inf")

@@ -323,16 +323,30 @@ class PerceptualDistance(nn.Module):
         For a fixed reference compared with many images, embed it once (`distance_features`).
         ``D`` depends on the input size for every head but ``meanpool``.
         """
+        x = self._embed_input(img)
+        if x.shape[0] == 0:
+            dim = self.embedding_dim((int(x.shape[-2]), int(x.shape[-1])))
+            return torch.zeros(0, dim, dtype=self._head_dtype(), device=x.device)
+        return _cat([self.head.embed(self.features(x[c]), self.layer_idx) for c in self._chunks(x, images_per_item=1)])
+
+    def _embed_input(self, img: ImageLike) -> torch.Tensor:
         x = to_tensor(img, self.input_range)
         bb = self.backbone
         x = validate_batch(x, self.input_range, min_size=self.min_size, fixed_size=bb.fixed_size,
                            multiple_of=bb.multiple_of, check_values=self.check_inputs)
         if x.device != self._scale.device or x.dtype != self._scale.dtype:
             x = self._prepare(x, x)[0]
+        return x
+
+    def embed_parts(self, img: ImageLike) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`embed` split for all-pairs products (`lowps.pairwise`): vectors (N, D) of the layers whose
+        distance is cheapest as a vector, and factors (N, C, n) of the others (`Head.factor_layer`:
+        the style head's low-rank Gram matrices). Non-empty batches only."""
+        x = self._embed_input(img)
         if x.shape[0] == 0:
-            dim = self.embedding_dim((int(x.shape[-2]), int(x.shape[-1])))
-            return torch.zeros(0, dim, dtype=self._head_dtype(), device=x.device)
-        return _cat([self.head.embed(self.features(x[c]), self.layer_idx) for c in self._chunks(x, images_per_item=1)])
+            raise InputError("embed_parts needs at least one image")
+        parts = [self.head.embed_parts(self.features(x[c]), self.layer_idx) for c in self._chunks(x, images_per_item=1)]
+        return _cat([d for d, _ in parts]), [_cat([fs[k] for _, fs in parts]) for k in range(len(parts[0][1]))]
 
     def _head_dtype(self) -> torch.dtype:
         return torch.float64 if self._scale.dtype == torch.float64 else torch.float32

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .inputs import pil_to_tensor
+
 __all__ = ["DISTORTIONS", "distort_batch", "sanity_table", "format_sanity"]
 
 CROP = 48
@@ -55,8 +57,8 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
         arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
-        dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-        out.append(torch.from_numpy(dec.copy()).permute(2, 0, 1).float() / 255)
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            out.append(pil_to_tensor(im))  # the one decoder lowps uses for every image
     return torch.stack(out)
 
 
