@@ -1,3 +1,4 @@
+import argparse
 import csv
 import io
 import json
@@ -167,3 +168,26 @@ def test_every_option_has_help_text():
     missing = [f"{prog} {a.option_strings[0]}" for parser in (build_parser(), build_score_parser())
                for prog, a in walk(parser) if not a.help]
     assert not missing, missing
+
+
+def test_cli_choice_lists_match_the_library():
+    """Lists the parsers keep (so that --help imports no torch) equal the library's registries."""
+    from lowps.backbones import _TPU_ARCHS
+    from lowps.cli.score import DATASETS
+    from lowps.cli.weights import CONVERTIBLE
+    from lowps.data.judgements import READERS
+    from lowps.export import FORMATS
+    from lowps.train.backbone import RECIPES
+    from lowps.weights.convert_tf import _ARCH_ALIASES
+
+    def choices(*path):
+        p = build_parser()
+        for name in path[:-1]:
+            p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        return next(a for a in p._actions if a.dest == path[-1]).choices
+
+    assert set(CONVERTIBLE) == set(_TPU_ARCHS) | set(_ARCH_ALIASES)
+    assert set(DATASETS) == {"bapps"} | set(READERS)
+    assert list(choices("export", "format")) == list(FORMATS)
+    assert list(choices("train", "backbone", "recipe")) == list(RECIPES)
+    assert list(choices("weights", "convert", "arch")) == list(CONVERTIBLE)
