@@ -50,8 +50,8 @@ def build_scorer(metric: str = "lowps", config: MetricConfig | None = None, *, d
     `MetricConfig` fields in ``options``) or a baseline (``l2``, ``psnr``, ``ssim``, ``lpips-*``)."""
     device = torch.device(device)
     if metric == "lowps":
-        cfg = (config or MetricConfig()).replace(**options) if options else (config or MetricConfig())
-        m = create_metric(cfg, device=device)
+        m = create_metric(config, device=device, **options)
+        cfg = m.config
 
         def fn(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             if per_layer:
@@ -97,15 +97,20 @@ def build_scorer(metric: str = "lowps", config: MetricConfig | None = None, *, d
     raise ValueError(f"unknown metric {metric!r}; choose lowps or one of {', '.join(BASELINES)}")
 
 
-@torch.no_grad()
-def _distances(ds: Dataset, scorer: Scorer, mode: str, batch_size: int, device: torch.device,
-               num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
-    """Distances for every item of ``ds``; under torchrun each rank takes every world-th batch."""
+def _my_batches(ds: Dataset, batch_size: int) -> tuple[int, int, list[list[int]]]:
+    """(rank, world size, this rank's batches of indices): under torchrun each rank takes every world-th batch."""
     require_group_if_launched("lowps scoring")
     rank, world = rank_world()
     n = len(ds)  # type: ignore[arg-type]  # our datasets are Sized; torch's Dataset type is not
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    mine = batches[rank::world]
+    return rank, world, batches[rank::world]
+
+
+@torch.no_grad()
+def _distances(ds: Dataset, scorer: Scorer, mode: str, batch_size: int, device: torch.device,
+               num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
+    """Distances for every item of ``ds``; under torchrun each rank takes every world-th batch."""
+    rank, world, mine = _my_batches(ds, batch_size)
     loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers)
     parts: list[tuple[list[int], dict[str, np.ndarray]]] = []
     for idx, batch in zip(mine, tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False)):
@@ -135,15 +140,13 @@ def _distances(ds: Dataset, scorer: Scorer, mode: str, batch_size: int, device: 
 
 
 def score_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: str = "val",
-                   categories: list[str] | None = None, batch_size: int = 50, device: str | torch.device = "cpu",
-                   num_workers: int = 0, progress: bool = True, keep_distances: bool = False) -> dict:
+                categories: list[str] | None = None, batch_size: int = 50, device: str | torch.device = "cpu",
+                num_workers: int = 0, progress: bool = True, keep_distances: bool = False) -> dict:
     """Score ``scorer`` on BAPPS; returns the report (also what ``--json`` writes)."""
     base = find_root(root)
     cats = categories or list_categories(base, mode, split)
     report: dict = {"dataset": "bapps", "mode": mode, "split": split, "root": str(base),
-                    "config": scorer.config, "batch_size": batch_size,
-                    "versions": {"lowps": _version(), "torch": torch.__version__, "python": platform.python_version()},
-                    "categories": {}}
+                    "config": scorer.config, "batch_size": batch_size, "versions": _versions(), "categories": {}}
     for cat in cats:
         ds = TwoAFCSet(base, cat, split) if mode == "2afc" else JNDSet(base, cat, split)
         d = _distances(ds, scorer, mode, batch_size, torch.device(device), num_workers, progress, f"{mode}/{cat}")
@@ -175,11 +178,7 @@ def _tuple_distances(ds: Dataset, scorer: Scorer, kind: str, batch_size: int, de
     is split into groups of one size before it reaches the metric. Under torchrun each rank takes
     every world-th batch and rank 0 gathers.
     """
-    require_group_if_launched("lowps scoring")
-    rank, world = rank_world()
-    n = len(ds)  # type: ignore[arg-type]  # our datasets are Sized; torch's Dataset type is not
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    mine = batches[rank::world]
+    rank, world, mine = _my_batches(ds, batch_size)
     loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, collate_fn=list)
     idx_out, d0_out, d1_out = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
@@ -209,9 +208,9 @@ def _stats_2afc(d0: np.ndarray, d1: np.ndarray, h: np.ndarray) -> dict:
 
 
 def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_better: bool = True,
-                        resize: int | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 32,
-                        device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
-                        source: str = "", keep_distances: bool = False) -> dict:
+                     resize: int | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 32,
+                     device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
+                     source: str = "", keep_distances: bool = False) -> dict:
     """Score ``scorer`` on a judgement set read by `lowps.data.judgements`; returns the report.
 
     2AFC sets (`Triplet` records): the BAPPS 2AFC score and the App. J
@@ -249,9 +248,7 @@ def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_b
     report: dict = {"dataset": dataset, "kind": kind, "source": source, "config": scorer.config,
                     "resize": resize, "bootstrap": {"n": bootstrap, "seed": seed, "level": 0.95,
                                                     "unit": "reference image"},
-                    "batch_size": batch_size,
-                    "versions": {"lowps": _version(), "torch": torch.__version__,
-                                 "python": platform.python_version()}}
+                    "batch_size": batch_size, "versions": _versions()}
     if kind == "mos":
         report["higher_is_better"] = higher_is_better
     report["all"] = entry(np.arange(len(records)), 0)
@@ -265,10 +262,11 @@ def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_b
     return report
 
 
-def _version() -> str:
+def _versions() -> dict[str, str]:
+    """What produced a report: lowps, torch and Python versions."""
     from . import __version__
 
-    return __version__
+    return {"lowps": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def format_table(report: dict) -> str:
@@ -351,10 +349,8 @@ def _name(report: dict) -> str:
     return str(c.get("metric"))
 
 
-def plot_comparison(reports: list[dict], path: str | os.PathLike[str]) -> None:
-    """A bar chart of each metric's headline statistic with its 95% bootstrap CI (needs matplotlib)."""
-    if reports[0].get("dataset") == "bapps" and len(reports) == 1:
-        return plot_report(reports[0], path)
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or an ImportError saying how to get it."""
     try:
         import matplotlib
 
@@ -362,6 +358,14 @@ def plot_comparison(reports: list[dict], path: str | os.PathLike[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("--plot needs matplotlib: pip install matplotlib") from e
+    return plt
+
+
+def plot_comparison(reports: list[dict], path: str | os.PathLike[str]) -> None:
+    """A bar chart of each metric's headline statistic with its 95% bootstrap CI (needs matplotlib)."""
+    if reports[0].get("dataset") == "bapps" and len(reports) == 1:
+        return plot_report(reports[0], path)
+    plt = _pyplot()
     names = [_name(r) for r in reports]
     heads = [_headline(r) for r in reports]
     vals = [h[1] if h[1] is not None else 0.0 for h in heads]
@@ -379,13 +383,7 @@ def plot_comparison(reports: list[dict], path: str | os.PathLike[str]) -> None:
 
 def plot_report(report: dict, path: str | os.PathLike[str]) -> None:
     """A bar chart of per-category scores (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError("--plot needs matplotlib: pip install matplotlib") from e
+    plt = _pyplot()
     cats = list(report["categories"])
     vals = [100 * report["categories"][c]["score"] for c in cats]
     fig, ax = plt.subplots(figsize=(1.2 * len(cats) + 2, 3.5))

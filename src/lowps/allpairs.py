@@ -8,7 +8,7 @@ differences of large norms, which float32 would lose), in row blocks that bound 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,24 +44,36 @@ class _Parts:
     def rows(self, s: int, e: int) -> _Parts:
         return _Parts(self.dense[s:e], [f[s:e] for f in self.factors])
 
+    def layout(self) -> tuple:
+        """Vector length and factor shapes per image: equal for images of one size."""
+        return (self.dense.shape[1], *(tuple(f.shape[1:]) for f in self.factors))
+
 
 @torch.no_grad()
 def embed_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int = 64,
               progress: bool = False, desc: str = "features") -> torch.Tensor:
     """Embed a tensor batch or a list of images (paths, PIL, arrays) in chunks: (N, D)."""
-    return _collect(metric, imgs, batch_size, progress, desc, metric.embed)
+    chunks = _per_chunk(metric, imgs, batch_size, progress, desc, metric.embed)
+    _one_layout(c.shape[1] for c in chunks)
+    return torch.cat(chunks)
 
 
 def _embed_parts_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int,
                      progress: bool, desc: str) -> _Parts:
-    chunks = _collect(metric, imgs, batch_size, progress, desc, metric.embed_parts, cat=False)
-    dense = torch.cat([d for d, _ in chunks])
-    factors = [torch.cat([fs[k] for _, fs in chunks]) for k in range(len(chunks[0][1]))]
-    return _Parts(dense, factors)
+    chunks = [_Parts(*p) for p in _per_chunk(metric, imgs, batch_size, progress, desc, metric.embed_parts)]
+    _one_layout(c.layout() for c in chunks)
+    return _Parts(torch.cat([c.dense for c in chunks]),
+                  [torch.cat([c.factors[k] for c in chunks]) for k in range(len(chunks[0].factors))])
 
 
-def _collect(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int, progress: bool,
-             desc: str, fn: Callable[[torch.Tensor], Any], cat: bool = True) -> Any:
+def _one_layout(layouts: Iterable[object]) -> None:
+    if len(set(layouts)) > 1:
+        raise InputError("images differ in size between batches; pairwise distances need one size: resize them first")
+
+
+def _per_chunk(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int, progress: bool,
+               desc: str, fn: Callable[[torch.Tensor], Any]) -> list[Any]:
+    """``fn`` applied to chunks of ``batch_size`` images (files and arrays decoded and stacked per chunk)."""
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     imgs = _as_images(imgs)
@@ -80,11 +92,7 @@ def _collect(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike
                                  "need one size: resize them first")
             chunk = torch.stack([t if t.ndim == 3 else t[0] for t in tensors]).to(metric.device)
         parts.append(fn(chunk))
-    # one image size: the same vector length (and factor shapes) in every chunk
-    dims = {p.shape[1] if cat else (p[0].shape[1], *(tuple(f.shape[1:]) for f in p[1])) for p in parts}
-    if len(dims) > 1:
-        raise InputError("images differ in size between batches; pairwise distances need one size: resize them first")
-    return torch.cat(parts) if cat else parts
+    return parts
 
 
 def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block: int = BLOCK_ELEMENTS,
@@ -146,6 +154,9 @@ def _factor_distances(fa: torch.Tensor, fb: torch.Tensor | None, block: int = BL
 
 def _distances(pa: _Parts, pb: _Parts | None, progress: bool = False) -> torch.Tensor:
     """The N x M matrix from vectors (`pairwise_embeddings`) plus each factor's term; float64."""
+    if pb is not None and pa.layout() != pb.layout():
+        raise InputError(f"the two sets' embeddings do not match ({pa.layout()[0]} vs {pb.layout()[0]} values per "
+                         "image): pairwise distances need one image size; resize them first")
     out = pairwise_embeddings(pa.dense, None if pb is None else pb.dense, progress=progress)
     for k, fa in enumerate(pa.factors):
         out += _factor_distances(fa, None if pb is None else pb.factors[k])
@@ -171,9 +182,6 @@ def pairwise(a: torch.Tensor | Sequence[ImageLike], b: torch.Tensor | Sequence[I
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]
     pa = _embed_parts_all(m, a, batch_size, progress, "features a")
     pb = None if b is None else _embed_parts_all(m, b, batch_size, progress, "features b")
-    if pb is not None and pa.dense.shape[1] != pb.dense.shape[1]:
-        raise InputError(f"embeddings of length {pa.dense.shape[1]} and {pb.dense.shape[1]} do not match (another "
-                         "image size)")
     out = _distances(pa, pb, progress=progress)
     dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     return out.to(dtype).cpu()
@@ -191,9 +199,6 @@ def nearest(query: torch.Tensor | Sequence[ImageLike], gallery: torch.Tensor | S
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]
     eq = _embed_parts_all(m, query, batch_size, progress, "features query")
     eg = _embed_parts_all(m, gallery, batch_size, progress, "features gallery")
-    if eq.dense.shape[1] != eg.dense.shape[1]:
-        raise InputError(f"embeddings of length {eq.dense.shape[1]} and {eg.dense.shape[1]} do not match (another "
-                         "image size)")
     if exclude_self and len(eq) != len(eg):
         raise InputError("exclude_self=True needs the query and the gallery to be the same images")
     kk = k + (1 if exclude_self else 0)

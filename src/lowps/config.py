@@ -122,10 +122,6 @@ class MetricConfig:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**values)
 
-    def build(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PerceptualDistance:
-        """A new `PerceptualDistance` for this config (on ``device``, cast to ``dtype`` if given)."""
-        return create_metric(self, device=device, dtype=dtype)
-
 
 def create_metric(config: MetricConfig | None = None, /, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None, **options: Any) -> PerceptualDistance:
@@ -136,8 +132,8 @@ def create_metric(config: MetricConfig | None = None, /, *, device: torch.device
     """
     from .metric import PerceptualDistance
 
-    cfg = (config or MetricConfig()).replace(**options) if options else (config or MetricConfig())
-    m = PerceptualDistance.from_config(cfg)
+    cfg = config or MetricConfig()
+    m = PerceptualDistance.from_config(cfg.replace(**options) if options else cfg)
     if device is not None:
         m = m.to(device=device)
     if dtype is not None:

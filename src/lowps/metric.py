@@ -317,7 +317,8 @@ class PerceptualDistance(nn.Module):
 
         Every head is a squared Euclidean distance between per-image vectors (meanpool: the unit-length
         pooled features of each layer scaled by 1/sqrt(C); local/linear: the unit-normalised maps
-        scaled by sqrt(w)/sqrt(HW); style: the flattened Gram matrices / C), so
+        scaled by sqrt(w)/sqrt(HW); style: the Gram matrices / C, packed as their upper triangles with
+        the off-diagonal entries times sqrt(2)), so
         ``metric(x, y) == ((metric.embed(x) - metric.embed(y)) ** 2).sum(1)`` up to float rounding, and
         all-pairs distances are matrix products (`lowps.pairwise`, `lowps.nearest`).
         For a fixed reference compared with many images, embed it once (`distance_features`).
@@ -349,12 +350,12 @@ class PerceptualDistance(nn.Module):
         return _cat([d for d, _ in parts]), [_cat([fs[k] for _, fs in parts]) for k in range(len(parts[0][1]))]
 
     def _head_dtype(self) -> torch.dtype:
-        return torch.float64 if self._scale.dtype == torch.float64 else torch.float32
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     def embedding_dim(self, size: tuple[int, int] = (64, 64)) -> int:
         """Length of `embed`'s vectors for ``size`` (H, W) inputs."""
         with torch.no_grad():
-            x = torch.full((1, 3, *size), 0.5, dtype=self._scale.dtype, device=self._scale.device)
+            x = torch.full((1, 3, *size), 0.5, dtype=self.dtype, device=self.device)
             x = x * (self.input_range[1] - self.input_range[0]) + self.input_range[0]
             return int(self.head.embed(self.features(x), self.layer_idx).shape[1])
 

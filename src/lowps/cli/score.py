@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from ._common import USER_ERRORS, add_metric_options, cli_message, metric_config, non_negative_int, positive_int
+from ._common import add_metric_options, metric_config, non_negative_int, positive_int, run
 
 DATASETS = ("bapps", "2afc", "nights", "tid2013", "kadid10k", "pipal", "mos")
 
@@ -135,13 +134,11 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.higher_is_better is not None and a.dataset != "mos":
         p.error("--higher-is-better/--lower-is-better apply to --dataset mos (the named MOS sets know their direction)")
-    try:
-        if a.download:
-            from ..data.bapps import download_bapps
+    return run("lowps-score", _download if a.download else _score, a)
 
-            print(download_bapps(a.subset, progress=not a.quiet))
-            return 0
-        return _score(a)
-    except USER_ERRORS as e:
-        print(f"lowps-score: error: {cli_message(e)}", file=sys.stderr)
-        return 2
+
+def _download(a: argparse.Namespace) -> int:
+    from ..data.bapps import download_bapps
+
+    print(download_bapps(a.subset, progress=not a.quiet))
+    return 0

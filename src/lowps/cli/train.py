@@ -9,7 +9,7 @@ from ._common import positive_int
 
 def _cmd_train_backbone(a: argparse.Namespace) -> int:
     from .._dist import process_group_from_env
-    from ..train.backbone import TrainConfig, apply_recipe, train_backbone
+    from ..train.backbone import TrainConfig, apply_recipe, resolve_device, train_backbone
 
     cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, lr=a.lr,
                       weight_decay=a.weight_decay, ckpt_every=a.ckpt_every, seed=a.seed,
@@ -21,18 +21,11 @@ def _cmd_train_backbone(a: argparse.Namespace) -> int:
     apply_recipe(cfg, a.recipe, explicit)
     if a.ckpt_steps is not None:
         cfg.ckpt_steps = [int(s) for s in a.ckpt_steps.split(",") if s]
-    device = "cuda" if a.device == "auto" and _cuda() else ("cpu" if a.device == "auto" else a.device)
-    with process_group_from_env(device) as (rank, _):
+    with process_group_from_env(resolve_device(a.device)) as (rank, _):
         out = train_backbone(cfg, resume=a.resume)
     if rank == 0:
         print(out)
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _cmd_train_linear(a: argparse.Namespace) -> int:

@@ -140,6 +140,13 @@ def evaluate(model: nn.Module, data: ClassificationData, device: torch.device, b
     return {"top1": round(100 * float(counts[0] / counts[2]), 3), "top5": round(100 * float(counts[1] / counts[2]), 3)}
 
 
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"``: this rank's GPU (``LOCAL_RANK`` under torchrun) if there is one, else the CPU."""
+    if spec == "auto":
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
 def _lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -173,10 +180,7 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
                              f"not {cfg.arch!r}; leave it at 'tpu' for timm models (they use their own init)")
         init_kwargs["init"] = cfg.init
     rank, world = rank_world()
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size % world:
