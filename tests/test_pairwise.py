@@ -146,3 +146,12 @@ def test_style_low_rank_layers_take_the_factor_path_with_equal_results():
     assert torch.allclose(mat[off], naive[off], rtol=1e-5, atol=1e-10)
     d, i = lowps.nearest(x, x, k=2, metric=m, exclude_self=True)
     assert torch.allclose(d, mat.masked_fill(~off, float("inf")).sort(dim=1).values[:, :2])
+
+
+def test_sets_of_two_image_sizes_are_a_clear_error():
+    # style's packed Gram vectors have the same length at any size; its stage-4 factors do not
+    m = _metric("style")
+    with pytest.raises(lowps.InputError, match="one image size"):
+        lowps.pairwise(pair(2, size=64, seed=1)[0], pair(2, size=96, seed=2)[0], metric=m)
+    with pytest.raises(lowps.InputError, match="one image size"):
+        lowps.nearest(pair(2, size=64, seed=1)[0], pair(3, size=96, seed=2)[0], metric=m)

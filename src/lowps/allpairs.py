@@ -155,8 +155,8 @@ def _factor_distances(fa: torch.Tensor, fb: torch.Tensor | None, block: int = BL
 def _distances(pa: _Parts, pb: _Parts | None, progress: bool = False) -> torch.Tensor:
     """The N x M matrix from vectors (`pairwise_embeddings`) plus each factor's term; float64."""
     if pb is not None and pa.layout() != pb.layout():
-        raise InputError(f"the two sets' embeddings do not match ({pa.layout()[0]} vs {pb.layout()[0]} values per "
-                         "image): pairwise distances need one image size; resize them first")
+        raise InputError(f"the two sets' embeddings do not match (vector length and factor shapes {pa.layout()} vs "
+                         f"{pb.layout()}): pairwise distances need one image size; resize them first")
     out = pairwise_embeddings(pa.dense, None if pb is None else pb.dense, progress=progress)
     for k, fa in enumerate(pa.factors):
         out += _factor_distances(fa, None if pb is None else pb.factors[k])
