@@ -114,13 +114,17 @@ def conv_peak(device: str, dtype: torch.dtype, min_time: float = 1.0) -> float:
 
 
 def cpu_name() -> str:
+    """The CPU's model name and the vector ISA PyTorch's kernels use on it (AVX2, AVX512...): machines
+    of one name differ in ISA, and oneDNN's kernel choice, hence every ratio, follows the ISA."""
+    name = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def parse_size(s: str) -> tuple[int, int]:

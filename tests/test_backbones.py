@@ -215,6 +215,8 @@ def test_small_map_nchw_path_matches_channels_last_and_tracks_weight_changes():
     model.requires_grad_(False).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     last = model.stages[-1][0]
+    for stage in model.stages:
+        stage[0].small_map_nchw = True  # on any CPU (the default takes it on AVX-512 CPUs only)
     with torch.no_grad():
         fast = model.forward_stages(x)
         assert hasattr(last, "_nchw_weight")  # the 4x4 -> 2x2 conv took the NCHW path
@@ -306,3 +308,56 @@ def test_offline_timm_hub_weights_fail_fast(monkeypatch):
     with pytest.raises(lowps.weights.OfflineError, match="LOWPS_OFFLINE is set"):
         lowps.PerceptualDistance(backbone="timm:resnet18", weights="timm")
     assert time.monotonic() - start < 30
+
+
+def _fused_resnet6(dtype=torch.float64):
+    model = _with_random_bn_statistics(timm.create_model("resnet6", num_classes=0)).fuse()
+    return model.requires_grad_(False).to(dtype=dtype, memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("mode", ["polyphase", "native"])
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64)])
+def test_loss_stem_gradients_equal_autograd_through_the_plain_ops(mode, size):
+    # The loss path's stem (_LossStem: sub-batches, pool indices only, polyphase or native input
+    # gradient) against plain autograd, in float64 (so ReLU kinks cannot differ), odd and even sizes,
+    # with sub-batches of 2 images, and through a nonlinear function of the features.
+    model = _fused_resnet6()
+    model.stem_chunk_pixels = 2 * size[0] * size[1]
+    x0 = torch.rand(5, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x0 = x0.contiguous(memory_format=torch.channels_last)
+    out = {}
+    for m in (mode, "autograd"):
+        model.stem_input_grad = m
+        x = x0.clone().requires_grad_()
+        feats = model.forward_stages(x)
+        loss = sum((f / (f.norm(dim=1, keepdim=True) + 1e-3)).square().mean() for f in feats)
+        g, = torch.autograd.grad(loss, x, create_graph=True)
+        gg, = torch.autograd.grad((g * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g)).sum(), x)
+        out[m] = ([f.detach() for f in feats], g.detach(), gg)
+    (f_fast, g_fast, gg_fast), (f_ref, g_ref, gg_ref) = out[mode], out["autograd"]
+    assert all(_close(a, b, rel=1e-12) for a, b in zip(f_fast, f_ref))
+    assert _close(g_fast, g_ref, rel=1e-9) and g_ref.abs().max() > 0
+    assert _close(gg_fast, gg_ref, rel=1e-9) and gg_ref.abs().max() > 0  # double backward (gradient penalties)
+
+
+def test_loss_stem_applies_only_where_it_is_exact_and_float32_agrees():
+    model = _fused_resnet6(torch.float32)
+    x = torch.rand(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    assert not model._loss_stem_applies(x)  # no gradient wanted
+    xg = x.clone().requires_grad_()
+    assert model._loss_stem_applies(xg)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not model._loss_stem_applies(xg)  # the autocast dtype would change under it
+    grads = {}
+    for mode in ("polyphase", "native", "autograd"):
+        model.stem_input_grad = mode
+        xx = x.clone().requires_grad_()
+        model.forward_stages(xx)[-1].sum().backward()
+        grads[mode] = xx.grad
+    # float32: the same sums in another order (~1e-6 relative); a pre-activation within rounding of a
+    # ReLU kink may flip, so compare in norm rather than elementwise
+    for mode in ("polyphase", "native"):
+        assert (grads[mode] - grads["autograd"]).norm() <= 1e-4 * grads["autograd"].norm()
+    model.stem_input_grad = "bogus"
+    with pytest.raises(ValueError, match="stem_input_grad"):
+        model.forward_stages(xg)

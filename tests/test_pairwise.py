@@ -155,3 +155,25 @@ def test_sets_of_two_image_sizes_are_a_clear_error():
         lowps.pairwise(pair(2, size=64, seed=1)[0], pair(2, size=96, seed=2)[0], metric=m)
     with pytest.raises(lowps.InputError, match="one image size"):
         lowps.nearest(pair(2, size=64, seed=1)[0], pair(3, size=96, seed=2)[0], metric=m)
+
+
+@pytest.mark.parametrize("shape", [(600, None), (300, 530)])
+def test_pairwise_embeddings_tiles_and_column_chunks_equal_the_direct_formula(shape):
+    # Several square tiles (256..1024 rows each) and several float64 column chunks: every tile and
+    # chunk boundary, the mirrored lower triangle and the N x M case, against ||a - b||^2 in float64.
+    from lowps.allpairs import pairwise_embeddings
+    n, m = shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(n, 700, generator=g)
+    b = None if m is None else torch.rand(m, 700, generator=g)
+    a[1] = a[0] + 1e-4 * torch.rand(700, generator=g)  # a near-duplicate: a small difference of large norms
+    got = pairwise_embeddings(a, b, block=300 * (n + (m or 0)))  # 300 columns per chunk: 3 chunks
+    bb = a if b is None else b
+    want = (a.double()[:, None] - bb.double()[None]).square().sum(-1)
+    assert got.shape == want.shape and got.dtype == torch.float64
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+    if b is None:
+        assert torch.equal(got, got.T) and bool((got.diagonal() == 0).all())
+        # the near-duplicate (distance 1e-8 of the norms) keeps its digits: float64 loses ~1e-7 of it
+        # (its eps times norms / distance), float32 products would lose all of them
+        assert abs(got[0, 1] / want[0, 1] - 1) < 1e-6

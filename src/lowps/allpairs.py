@@ -99,31 +99,38 @@ def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block:
                         progress: bool = False) -> torch.Tensor:
     """Squared Euclidean distances between the rows of ``ea`` (N, D) and ``eb`` (M, D): (N, M).
 
-    From norms and one matrix product per row block, in float64; negative rounding clamped to 0,
-    and exactly 0 where a row is compared with itself (``eb=None``).
+    ``||a||^2 + ||b||^2 - 2 a.b`` in float64: the vectors are converted in column chunks of at most
+    ``block`` float64 values (never the whole matrix), and each chunk adds its products to square
+    tiles of the result; a matrix against itself computes only the tiles on and above the diagonal and
+    mirrors them. Negative rounding is clamped to 0, and the diagonal is exactly 0 when ``eb=None``.
     """
     same = eb is None
     eb = ea if eb is None else eb
     if ea.shape[1] != eb.shape[1]:
         raise InputError(f"embeddings of length {ea.shape[1]} and {eb.shape[1]} do not match (another head, "
                          "layer set or image size)")
-    a64 = ea.double()
-    b64 = a64 if same else eb.double()
-    na = torch.linalg.vector_norm(a64, dim=1).square()
-    nb = na if same else torch.linalg.vector_norm(b64, dim=1).square()
-    n, m = a64.shape[0], b64.shape[0]
-    out = torch.empty(n, m, dtype=torch.float64, device=ea.device)
-    rows = max(1, block // max(1, m))
-    if same:  # several row blocks, so that the triangle below the diagonal blocks is skipped (~40% less work)
-        rows = max(1, min(rows, -(-n // 8), 1024))
-    for s in tqdm(range(0, n, rows), disable=not progress, desc="pairs", leave=False):
-        e = min(s + rows, n)
-        c0 = s if same else 0  # a matrix against itself is symmetric: compute the upper triangle, mirror it
-        blk = torch.addmm(nb[None, c0:], a64[s:e], b64[c0:].T, beta=1, alpha=-2)
-        blk.add_(na[s:e, None]).clamp_(min=0)
-        out[s:e, c0:] = blk
-        if same:
-            out[e:, s:e] = blk[:, e - s:].T
+    (n, d), m = ea.shape, eb.shape[0]
+    out = torch.zeros(n, m, dtype=torch.float64, device=ea.device)
+    na = torch.zeros(n, dtype=torch.float64, device=ea.device)
+    nb = na if same else torch.zeros(m, dtype=torch.float64, device=ea.device)
+    # Tiles: large enough for the matrix product to run near the machine's float64 peak (small row
+    # blocks ran at half of it), small enough that a self-comparison skips most of the lower triangle.
+    tile = max(256, min(1024, -(-max(n, m) // 2)))
+    tiles = [(i, j) for i in range(0, n, tile) for j in range(i if same else 0, m, tile)]
+    cols = max(256, block // (n + (0 if same else m)))
+    for k in tqdm(range(0, d, cols), disable=not progress, desc="pairs", leave=False):
+        ak = ea[:, k:k + cols].double()
+        bk = ak if same else eb[:, k:k + cols].double()
+        na += ak.square().sum(1)
+        if not same:
+            nb += bk.square().sum(1)
+        for i, j in tiles:
+            out[i:i + tile, j:j + tile].addmm_(ak[i:i + tile], bk[j:j + tile].T, alpha=-2)
+    if same:
+        for i, j in tiles:
+            if j > i:
+                out[j:j + tile, i:i + tile] = out[i:i + tile, j:j + tile].T
+    out.add_(na[:, None]).add_(nb[None, :]).clamp_(min=0)
     if same:
         out.fill_diagonal_(0)
     return out

@@ -14,6 +14,7 @@ the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -75,6 +76,79 @@ def tf_variance_scaling_(w: torch.Tensor, scale: float = 1.0, generator: torch.G
     return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
+@functools.cache
+def _native_avx512() -> bool:
+    """Whether this CPU runs PyTorch's AVX-512 kernels (oneDNN then picks its AVX-512 convolutions)."""
+    return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+
+
+#: Polyphase taps of the 7x7/2, padding-3 stem: output-row parity p and window offset a -> kernel row
+#: (7 = a zero row). Input row y = 2Y + p receives from conv rows Y - 1 .. Y + 2 (offset a = 0..3).
+_POLY_TAPS = ((5, 3, 1, 7), (6, 4, 2, 0))
+
+
+def _polyphase_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Input gradient of ``conv2d(x, weight, stride=2, padding=3)`` (7x7 kernel) as one stride-1 conv.
+
+    The transposed stride-2 conv splits into the four output phases (row and column parity); each is
+    a 4x4 correlation of ``grad``, and stacking them as 4 x C_in output channels makes one ordinary
+    forward convolution followed by a pixel shuffle. oneDNN's forward kernels run this 1.5x faster
+    than its backward-data kernel for this 3-channel layer on AVX2 CPUs (docs/performance.md).
+    """
+    c_out, c_in = weight.shape[:2]
+    taps = torch.tensor(_POLY_TAPS, device=weight.device)
+    wp = F.pad(weight, (0, 1, 0, 1))[:, :, taps][..., taps]  # (C_out, C_in, 2, 4, 2, 4): co ci py a px b
+    k = wp.permute(1, 2, 4, 0, 3, 5).reshape(c_in * 4, c_out, 4, 4)
+    fmt = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    y = F.conv2d(grad, k.contiguous(memory_format=fmt), None, 1, 2)[:, :, 1:, 1:]
+    return F.pixel_shuffle(y, 2)[..., :size[0], :size[1]]
+
+
+class _LossStem(torch.autograd.Function):
+    """The fused stem (conv 7x7/2 with bias -> TF-SAME max-pool -> ReLU) for a tracked input with frozen
+    weights: forward and backward run in sub-batches of images, and backward keeps only the pool's
+    indices (not the conv output, the network's largest activation). Same values and gradients as
+    autograd through the plain ops up to float rounding (tests/test_backbones.py)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, step: int,
+                polyphase: bool) -> torch.Tensor:
+        outs, idxs = [], []
+        h, w = x.shape[-2:]
+        ch, cw = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # the conv's output: the pool pads by its parity
+        for i in range(0, x.shape[0], step):
+            y = F.conv2d(x[i:i + step], weight, bias, 2, 3)
+            o, ix = F.max_pool2d(y, 3, 2, padding=(ch % 2, cw % 2), ceil_mode=True, return_indices=True)
+            outs.append(o)
+            idxs.append(ix)
+        out = torch.cat(outs).relu_() if len(outs) > 1 else outs[0].relu_()
+        ctx.save_for_backward(out, torch.cat(idxs) if len(idxs) > 1 else idxs[0], weight)
+        ctx.conv_hw, ctx.size, ctx.step, ctx.polyphase = (ch, cw), (h, w), step, polyphase
+        ctx.x_meta = (x.shape, x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        out, idx, weight = ctx.saved_tensors
+        grad = grad * (out > 0)  # the ReLU's mask (differentiable in grad, so double backward works)
+        (h, w), (ch, cw) = ctx.size, ctx.conv_hw
+        shape, dtype, device, cl = ctx.x_meta
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        parts = []
+        for i in range(0, grad.shape[0], ctx.step):
+            g = grad[i:i + ctx.step]
+            shell = torch.empty((g.shape[0], g.shape[1], ch, cw), dtype=g.dtype, device=g.device, memory_format=fmt)
+            gy = torch.ops.aten.max_pool2d_with_indices_backward(g, shell, [3, 3], [2, 2], [ch % 2, cw % 2], [1, 1],
+                                                                 True, idx[i:i + ctx.step])
+            if ctx.polyphase:
+                parts.append(_polyphase_input_grad(gy, weight, (h, w)))
+            else:
+                xs = torch.empty((g.shape[0], *shape[1:]), dtype=dtype, device=device, memory_format=fmt)
+                parts.append(torch.ops.aten.convolution_backward(gy, xs, weight, None, [2, 2], [3, 3], [1, 1], False,
+                                                                 [0, 0], 1, [True, False, False])[0])
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]), None, None, None, None
+
+
 def _is_fake(t: torch.Tensor) -> bool:
     """A tensor without storage (FakeTensor/FunctionalTensor under torch.export): no data pointer to key on."""
     try:
@@ -111,21 +185,26 @@ class SingleConvBlock(nn.Module):
         self.shortcut: nn.Module | None = _Projection(cin, cout, stride) if project else nn.Identity()
         self._nchw_key: tuple | None = None
 
-    #: Maps of at most this many pixels take the NCHW path on CPU (see ``_conv_small_map``).
+    #: Maps of at most this many pixels take the NCHW path on CPU (see ``_conv_small_map``) ...
     small_map_pixels: int = 64
+    #: ... if ``small_map_nchw`` says so: ``None`` (default) on AVX-512 CPUs only, or True/False.
+    small_map_nchw: bool | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut is None:  # merged into conv1 (merge_shortcut)
             if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels \
-                    and not self.conv1.weight.requires_grad:
+                    and not self.conv1.weight.requires_grad \
+                    and (_native_avx512() if self.small_map_nchw is None else self.small_map_nchw):
                 return self._conv_small_map(x).relu_()
             return self.conv1(x).relu_()
         y = self.bn1(self.conv1(x))
         return y.add_(self.shortcut(x)).relu_()  # in place: neither op's backward needs this buffer
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
-        # oneDNN's channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64 input
-        # (4x4 -> 2x2, 512 channels) runs ~1.8x faster in NCHW, an 8x8 map ~1.1x. PyTorch picks
+        # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
+        # input (4x4 -> 2x2, 512 channels) runs ~1.8x faster in NCHW, an 8x8 map ~1.1x (Intel Xeon). Its
+        # AVX2 kernels are the other way round (NCHW 1.3-1.6x slower on an AMD EPYC), so AVX2 CPUs
+        # stay channels_last (docs/performance.md). PyTorch picks
         # channels_last when the input *or* the weight is, so both go NCHW. The NCHW weight copy is a
         # non-persistent buffer made when the shortcut is merged and after every ``.to()``; it is remade
         # if the weight was edited in place (version) or replaced. Same math: equal to float rounding.
@@ -315,10 +394,35 @@ class TPUResNet(nn.Module):
     #: alone is larger; results equal the whole call's up to float rounding.
     stem_chunk_pixels: int = 2 ** 16
 
+    #: The stem's input gradient on the loss path (a tracked input, frozen weights; ``_LossStem``):
+    #: ``"polyphase"`` (one forward conv; 1.5x faster than oneDNN's backward-data kernel on AVX2 CPUs),
+    #: ``"native"`` (that kernel, without keeping the conv output), ``"autograd"`` (plain autograd
+    #: through the ops) or ``"auto"``: polyphase, except on AVX-512 CPUs, where it is not measured and
+    #: native runs. All give the same gradients up to float rounding.
+    stem_input_grad: str = "auto"
+
+    def _loss_stem_applies(self, x: torch.Tensor) -> bool:
+        """A tracked input through the fused stem with frozen float weights, eager, no autocast."""
+        conv = self.conv1
+        return (torch.is_grad_enabled() and x.requires_grad and x.shape[0] > 0 and isinstance(self.bn1, nn.Identity)
+                and not conv.weight.requires_grad and not (conv.bias is not None and conv.bias.requires_grad)
+                and x.dtype in (torch.float32, torch.float64) and conv.weight.dtype == x.dtype
+                and tuple(conv.kernel_size) == (7, 7) and tuple(conv.stride) == (2, 2)
+                and tuple(conv.padding) == (3, 3) and conv.groups == 1
+                and not torch.is_autocast_enabled(x.device.type)
+                and not torch._C._are_functorch_transforms_active()  # torch.func: plain ops
+                and not (torch.compiler.is_compiling() or torch.jit.is_tracing()))
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         # relu(maxpool(.)) == maxpool(relu(.)) exactly (both monotone); pooling first is 4x less ReLU work.
         n, _, h, w = x.shape
         step = self.stem_chunk_pixels // (h * w)
+        mode = self.stem_input_grad
+        if mode not in ("auto", "polyphase", "native", "autograd"):
+            raise ValueError(f"stem_input_grad={mode!r}: choose 'auto', 'polyphase', 'native' or 'autograd'")
+        if mode != "autograd" and self._loss_stem_applies(x):
+            poly = mode == "polyphase" or (mode == "auto" and (x.device.type != "cpu" or not _native_avx512()))
+            return _LossStem.apply(x, self.conv1.weight, self.conv1.bias, max(1, step), poly)
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled() or step >= n:
             return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
         if step >= 1:
