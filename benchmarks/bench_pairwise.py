@@ -1,12 +1,13 @@
 """All-pairs cost: ``lowps.pairwise`` on N images against embedding them alone.
 
     python benchmarks/bench_pairwise.py [--n 600 10000] [--heads meanpool local style linear] [--size 64]
-        [--json FILE]
+        [--repeat 3] [--json FILE]
 
 For each N and head: seconds for the N backbone forward passes alone ("trunk"), seconds to embed
 the N random 64x64 images (`PerceptualDistance.embed`: forward passes + the head's vectors),
 seconds for ``lowps.pairwise`` (its own embedding + the N x N matrix as float64 matrix products),
-and the ratio pairwise / embed; the distance part is negligible when the ratio is near 1. (For
+and the ratio pairwise / embed (medians of ``--repeat`` interleaved rounds); the distance part is
+negligible when the ratio is near 1. The header gives this machine's float64 matrix-product rate. (For
 ``style`` pairwise uses low-rank factors where they are cheaper than the Gram vectors that `embed`
 builds, so it can take less than the embedding.) Heads whose embedding would not fit in memory
 at that N (style: 174,560 floats per image) are skipped beyond ``--max-embed-gib``.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import statistics
 import sys
 import time
 
@@ -34,9 +36,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-embed-gib", type=float, default=4.0)
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds of embed and pairwise (medians)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {datetime.date.today()}")
+    gemm = float64_gemm_rate()
+    print(f"# float64 matrix product on this machine (600 x 30720 x 600): {gemm:.1f} GMAC/s")
     print(f"{'head':<10}{'N':>7}{'dim':>9}{'trunk s':>9}{'embed s':>10}{'pairwise s':>12}{'ratio':>8}")
     rows = []
     for n in a.n:
@@ -53,13 +58,17 @@ def main() -> None:
                 for s in range(0, n, a.batch_size):
                     m.features(x[s:s + a.batch_size])
             t_trunk = time.perf_counter() - t
-            t = time.perf_counter()
-            embed_all(m, x, a.batch_size)
-            t_embed = time.perf_counter() - t
-            t = time.perf_counter()
-            mat = lowps.pairwise(x, metric=m, batch_size=a.batch_size)
-            t_pair = time.perf_counter() - t
-            assert mat.shape == (n, n)
+            embeds, pairs = [], []
+            for _ in range(max(1, a.repeat)):  # interleaved, so drifts of a shared machine hit both
+                t = time.perf_counter()
+                embed_all(m, x, a.batch_size)
+                embeds.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                mat = lowps.pairwise(x, metric=m, batch_size=a.batch_size)
+                pairs.append(time.perf_counter() - t)
+                assert mat.shape == (n, n)
+                del mat
+            t_embed, t_pair = statistics.median(embeds), statistics.median(pairs)
             rows.append({"head": head, "n": n, "dim": dim, "trunk_s": t_trunk, "embed_s": t_embed, "pairwise_s": t_pair,
                          "ratio": t_pair / t_embed})
             print(f"{head:<10}{n:>7}{dim:>9}{t_trunk:>9.2f}{t_embed:>10.2f}{t_pair:>12.2f}{t_pair / t_embed:>8.2f}",
@@ -67,7 +76,20 @@ def main() -> None:
     if a.json:
         from lowps._io import write_json
         write_json(a.json, {"meta": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                     "date": str(datetime.date.today()), "size": a.size}, "rows": rows})
+                                     "date": str(datetime.date.today()), "size": a.size, "repeat": a.repeat,
+                                     "float64_gemm_gmacs": gemm}, "rows": rows})
+
+
+def float64_gemm_rate(n: int = 600, d: int = 30720) -> float:
+    """Multiply-adds per second (G) of one float64 n x d x n product: what the distance part runs at."""
+    a = torch.rand(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a @ a.T  # warm-up
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ a.T
+        times.append(time.perf_counter() - t)
+    return n * n * d / min(times) / 1e9
 
 
 if __name__ == "__main__":

@@ -397,8 +397,9 @@ class TPUResNet(nn.Module):
     #: The stem's input gradient on the loss path (a tracked input, frozen weights; ``_LossStem``):
     #: ``"polyphase"`` (one forward conv; 1.5x faster than oneDNN's backward-data kernel on AVX2 CPUs),
     #: ``"native"`` (that kernel, without keeping the conv output), ``"autograd"`` (plain autograd
-    #: through the ops) or ``"auto"``: polyphase, except on AVX-512 CPUs, where it is not measured and
-    #: native runs. All give the same gradients up to float rounding.
+    #: through the ops) or ``"auto"``: polyphase on CPUs without AVX-512, autograd elsewhere (AVX-512
+    #: CPUs and GPUs, where the other forms are not measured faster). Same gradients up to rounding;
+    #: ``benchmarks/bench_loss_variants.py`` times them on your machine.
     stem_input_grad: str = "auto"
 
     def _loss_stem_applies(self, x: torch.Tensor) -> bool:
@@ -420,9 +421,10 @@ class TPUResNet(nn.Module):
         mode = self.stem_input_grad
         if mode not in ("auto", "polyphase", "native", "autograd"):
             raise ValueError(f"stem_input_grad={mode!r}: choose 'auto', 'polyphase', 'native' or 'autograd'")
+        if mode == "auto":
+            mode = "polyphase" if x.device.type == "cpu" and not _native_avx512() else "autograd"
         if mode != "autograd" and self._loss_stem_applies(x):
-            poly = mode == "polyphase" or (mode == "auto" and (x.device.type != "cpu" or not _native_avx512()))
-            return _LossStem.apply(x, self.conv1.weight, self.conv1.bias, max(1, step), poly)
+            return _LossStem.apply(x, self.conv1.weight, self.conv1.bias, max(1, step), mode == "polyphase")
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled() or step >= n:
             return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
         if step >= 1:
