@@ -315,13 +315,16 @@ def _fused_resnet6(dtype=torch.float64):
     return model.requires_grad_(False).to(dtype=dtype, memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("conv", ["direct", "width_im2col"])
 @pytest.mark.parametrize("mode", ["polyphase", "native"])
 @pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64)])
-def test_loss_stem_gradients_equal_autograd_through_the_plain_ops(mode, size):
+def test_loss_stem_gradients_equal_autograd_through_the_plain_ops(mode, conv, size):
     # The loss path's stem (_LossStem: sub-batches, pool indices only, polyphase or native input
-    # gradient) against plain autograd, in float64 (so ReLU kinks cannot differ), odd and even sizes,
-    # with sub-batches of 2 images, and through a nonlinear function of the features.
+    # gradient, direct or column-unrolled conv) against plain autograd, in float64 (so ReLU kinks
+    # cannot differ), odd and even sizes, with sub-batches of 2 images, and through a nonlinear
+    # function of the features.
     model = _fused_resnet6()
+    model.stem_conv = conv
     model.stem_chunk_pixels = 2 * size[0] * size[1]
     x0 = torch.rand(5, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x0 = x0.contiguous(memory_format=torch.channels_last)
@@ -361,3 +364,25 @@ def test_loss_stem_applies_only_where_it_is_exact_and_float32_agrees():
     model.stem_input_grad = "bogus"
     with pytest.raises(ValueError, match="stem_input_grad"):
         model.forward_stages(xg)
+    model.stem_input_grad, model.stem_conv = "auto", "bogus"
+    with pytest.raises(ValueError, match="stem_conv"):
+        model.forward_stages(x)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64), (8, 9)])
+def test_width_im2col_stem_equals_the_direct_conv_at_inference(size):
+    # No autograd: whole batch, sub-batches of 2 images, float64 and float32, against the 7x7 conv.
+    for dtype, rel in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        model = _fused_resnet6(dtype)
+        x = torch.rand(5, 3, *size, dtype=dtype, generator=torch.Generator().manual_seed(3))
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = {}
+        for conv in ("direct", "width_im2col"):
+            model.stem_conv = conv
+            for pixels in (2 ** 16, 2 * size[0] * size[1]):
+                model.stem_chunk_pixels = pixels
+                with torch.no_grad():
+                    out[conv, pixels] = model.forward_stages(x)
+        ref = out["direct", 2 ** 16]
+        for key, feats in out.items():
+            assert all(_close(a, b, rel=rel) for a, b in zip(feats, ref)), key

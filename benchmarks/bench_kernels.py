@@ -1,0 +1,128 @@
+"""Micro-benchmarks behind the CPU fast paths of ResNet-6 (docs/performance.md), on this machine.
+
+    python benchmarks/bench_kernels.py [--batch 32] [--size 64] [--rounds 5]
+
+Times, in interleaved rounds (medians, ms per call), the alternatives lowps chose between:
+
+* the stem's input gradient (conv 7x7/2, 64 -> 3 channels, transposed): oneDNN's backward-data
+  kernel (channels_last and NCHW), ``conv_transpose2d``, the polyphase form lowps uses on AVX2
+  (`lowps.backbones.resnet_tpu._polyphase_input_grad`), and a matrix product plus ``F.fold``;
+* the stem's forward (conv + max-pool, sub-batches of 16 images as at inference): channels_last,
+  NCHW conv with a channels_last pool, space-to-depth (a 4x4 conv over 12 channels), and a
+  width-im2col (21 channels, a 7x1 conv);
+* the 3x3 convs on ResNet-6's small late maps at 64x64 input (stages 3 and 4), channels_last
+  against NCHW (`SingleConvBlock.small_map_nchw`).
+
+Each alternative's largest difference from the first of its group is printed (float rounding).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_distance import cpu_name  # noqa: E402
+
+from lowps.backbones.resnet_tpu import _polyphase_input_grad  # noqa: E402
+
+CL = torch.channels_last
+
+
+def _time(groups: dict[str, dict[str, Callable[[], torch.Tensor]]], rounds: int, calls: int = 5) -> None:
+    for title, fns in groups.items():
+        outs = {k: f() for k, f in fns.items()}  # warm-up and results
+        ref = next(iter(outs.values()))
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                for _ in range(calls):
+                    f()
+                times[k].append((time.perf_counter() - t) / calls)
+        print(f"\n{title}")
+        for k, ts in times.items():
+            diff = float((outs[k] - ref).abs().max() / ref.abs().max())
+            print(f"  {k:<44}{statistics.median(ts) * 1e3:>8.2f} ms   max diff {diff:.1e}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    g = torch.Generator().manual_seed(0)
+    n, s = a.batch, a.size
+    w = torch.randn(64, 3, 7, 7, generator=g) * 0.1
+    b = torch.randn(64, generator=g)
+    x = torch.randn(n, 3, s, s, generator=g)
+    ho = (s - 1) // 2 + 1
+    grad = torch.randn(n, 64, ho, ho, generator=g)
+    xc, wc, gc = x.contiguous(memory_format=CL), w.contiguous(memory_format=CL), grad.contiguous(memory_format=CL)
+
+    def native(gg: torch.Tensor, xx: torch.Tensor, ww: torch.Tensor) -> Callable[[], torch.Tensor]:
+        return lambda: torch.ops.aten.convolution_backward(gg, xx, ww, None, [2, 2], [3, 3], [1, 1], False, [0, 0], 1,
+                                                           [True, False, False])[0]
+
+    def gemm_fold() -> torch.Tensor:
+        cols = (gc.permute(0, 2, 3, 1).reshape(-1, 64) @ w.reshape(64, 147)).view(n, -1, 147).transpose(1, 2)
+        return F.fold(cols, (s, s), 7, padding=3, stride=2)
+
+    def pool(y: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(y, 3, 2, padding=(y.shape[-2] % 2, y.shape[-1] % 2), ceil_mode=True)
+
+    def per16(f: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor) -> Callable[[], torch.Tensor]:
+        return lambda: torch.cat([f(inp[i:i + 16]) for i in range(0, n, 16)])
+
+    w_s2d = F.pad(w, (0, 1, 0, 1)).reshape(64, 3, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(64, 12, 4, 4)
+    w_s2d = w_s2d.contiguous(memory_format=CL)
+    w_col = w.permute(0, 3, 1, 2).reshape(64, 21, 7, 1).contiguous(memory_format=CL)
+
+    def s2d(v: torch.Tensor) -> torch.Tensor:
+        pad = (3, 3 + (s % 2), 3, 3 + (s % 2))
+        return pool(F.conv2d(F.pixel_unshuffle(F.pad(v, pad), 2).contiguous(memory_format=CL), w_s2d, b))
+
+    def width_col(v: torch.Tensor) -> torch.Tensor:
+        vp = F.pad(v, (3, 3, 3, 3))
+        k, c, hp, wp = vp.shape
+        sn, sc, sh, sw = vp.stride()
+        cols = vp.as_strided((k, 7, c, hp, (wp - 7) // 2 + 1), (sn, sw, sc, sh, 2 * sw))
+        return pool(F.conv2d(cols.reshape(k, 21, hp, -1).contiguous(memory_format=CL), w_col, b, (2, 1)))
+
+    groups: dict[str, dict[str, Callable[[], torch.Tensor]]] = {
+        f"stem input gradient, {n} x 3 x {s} x {s}": {
+            "oneDNN backward-data, channels_last": native(gc, xc, wc),
+            "oneDNN backward-data, NCHW": native(grad, x, w),
+            "conv_transpose2d, channels_last": lambda: F.conv_transpose2d(gc, wc, None, 2, 3, output_padding=1 - s % 2),
+            "polyphase (one 4x4 conv + pixel shuffle)": lambda: _polyphase_input_grad(gc, w, (s, s)),
+            "matrix product + F.fold": gemm_fold,
+        },
+        f"stem forward (conv + max-pool), {n} images in sub-batches of 16": {
+            "channels_last": per16(lambda v: pool(F.conv2d(v, wc, b, 2, 3)), xc),
+            "NCHW conv, channels_last pool": per16(
+                lambda v: pool(F.conv2d(v, w, b, 2, 3).contiguous(memory_format=CL)), x),
+            "space-to-depth (12 ch, 4x4 conv)": per16(s2d, xc),
+            "width im2col (21 ch, 7x1 conv)": per16(width_col, xc),
+        },
+    }
+    for name, (cin, cout, hw) in {"stage 3 (8x8 -> 4x4)": (128, 256, 8), "stage 4 (4x4 -> 2x2)": (256, 512, 4)}.items():
+        xs = torch.randn(n, cin, hw, hw, generator=g)
+        ws = torch.randn(cout, cin, 3, 3, generator=g) * 0.05
+        xsc, wsc = xs.contiguous(memory_format=CL), ws.contiguous(memory_format=CL)
+        groups[f"{name} conv 3x3/2, {n} images"] = {
+            "channels_last": (lambda xx, ww: lambda: F.conv2d(xx, ww, None, 2, 1))(xsc, wsc),
+            "NCHW": (lambda xx, ww: lambda: F.conv2d(xx, ww, None, 2, 1))(xs, ws),
+        }
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {a.rounds} interleaved rounds")
+    with torch.no_grad():
+        _time(groups, a.rounds)
+
+
+if __name__ == "__main__":
+    main()

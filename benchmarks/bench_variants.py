@@ -1,0 +1,95 @@
+"""lowps's switchable CPU fast paths, measured against each other and LPIPS-alex in one run.
+
+    python benchmarks/bench_variants.py [--backward] [--size 64] [--batch 32] [--rounds 12]
+
+The default metric (`PerceptualDistance()`) under each combination below, timed in interleaved
+rounds (medians) with LPIPS-alex (random trunk) in the same rounds. Without ``--backward``: one
+inference call on a batch of pairs (``torch.inference_mode``); with it: what a training loss does,
+forward + backward to the first image (frozen weights).
+
+* `TPUResNet.stem_conv`: "direct" (the 7x7 conv) or "width_im2col" (column taps unrolled);
+* `SingleConvBlock.small_map_nchw`: NCHW or channels_last for the 4x4/2x2 maps;
+* with ``--backward``, `TPUResNet.stem_input_grad`: "autograd" (plain autograd through the stem),
+  "native" (the loss-path stem with oneDNN's backward-data kernel) or "polyphase".
+
+The first variant is lowps before these paths existed. Also printed: each variant's largest
+difference from it (distances, or input gradients with ``--backward``): float32 rounding.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_distance import cpu_name  # noqa: E402
+
+import lowps  # noqa: E402
+from lowps.backbones.resnet_tpu import SingleConvBlock, TPUResNet  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backward", action="store_true", help="forward + backward (a loss) instead of inference")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=12)
+    a = p.parse_args()
+    import lpips
+    warnings.filterwarnings("ignore", category=UserWarning)
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(a.batch, 3, a.size, a.size, generator=gen) for _ in range(2))
+    metric = lowps.PerceptualDistance()
+    alex = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval().requires_grad_(False)
+
+    def call(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if not a.backward:
+            with torch.inference_mode():
+                return fn(x, y).clone()
+        xx = x.clone().requires_grad_()
+        fn(xx, y).sum().backward()
+        assert xx.grad is not None
+        return xx.grad
+
+    def variant(conv: str, nchw: bool, grad: str) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = conv, nchw, grad
+            return call(metric)
+        return run
+
+    settings = [("direct", True, "autograd"), ("direct", False, "autograd"), ("width_im2col", False, "autograd")]
+    if a.backward:
+        settings += [("direct", False, "native"), ("direct", False, "polyphase"), ("width_im2col", False, "polyphase")]
+    variants: dict[str, Callable[[], torch.Tensor]] = {"lpips-alex": lambda: call(lambda u, v: alex(u, v, normalize=True))}
+    for conv, nchw, grad in settings:
+        name = f"stem_conv={conv} small_maps={'nchw' if nchw else 'channels_last'}"
+        variants[name + (f" stem_input_grad={grad}" if a.backward else "")] = variant(conv, nchw, grad)
+    try:
+        results = {k: f() for k, f in variants.items()}  # warm-up, and what to compare
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(a.rounds):
+            for k, f in variants.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    finally:
+        TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = "auto", None, "auto"
+    ref = results[list(variants)[1]]
+    alex_t = statistics.median(times["lpips-alex"])
+    what = "forward + backward" if a.backward else "inference"
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{a.size}x{a.size}, batch {a.batch}, {what}, {a.rounds} interleaved rounds")
+    print(f"{'variant':<82}{'ms':>8}{'x alex':>8}{'max diff':>10}")
+    for k, ts in times.items():
+        t = statistics.median(ts)
+        diff = "" if k == "lpips-alex" else f"{float((results[k] - ref).abs().max() / ref.abs().max()):.1e}"
+        print(f"{k:<82}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
+
+
+if __name__ == "__main__":
+    main()
