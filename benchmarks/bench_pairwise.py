@@ -1,7 +1,7 @@
 """All-pairs cost: ``lowps.pairwise`` on N images against embedding them alone.
 
     python benchmarks/bench_pairwise.py [--n 600 10000] [--heads meanpool local style linear] [--size 64]
-        [--repeat 3] [--json FILE]
+        [--repeat 3] [--device cpu|cuda] [--json FILE]
 
 For each N and head: seconds for the N backbone forward passes alone ("trunk"), seconds to embed
 the N random 64x64 images (`PerceptualDistance.embed`: forward passes + the head's vectors),
@@ -37,31 +37,37 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-embed-gib", type=float, default=4.0)
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds of embed and pairwise (medians)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:k]: the metric, images and products run there")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {datetime.date.today()}")
-    gemm = float64_gemm_rate()
-    print(f"# float64 matrix product on this machine (600 x 30720 x 600): {gemm:.1f} GMAC/s")
+    dev = torch.device(a.device)
+    where = cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    print(f"# {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {dev}, {datetime.date.today()}")
+    gemm = float64_gemm_rate(dev)
+    print(f"# float64 matrix product on this device (600 x 30720 x 600): {gemm:.1f} GMAC/s")
     print(f"{'head':<10}{'N':>7}{'dim':>9}{'trunk s':>9}{'embed s':>10}{'pairwise s':>12}{'ratio':>8}")
     rows = []
     for n in a.n:
-        x = torch.rand(n, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
+        x = torch.rand(n, 3, a.size, a.size, generator=torch.Generator().manual_seed(0)).to(dev)
         for head in a.heads:
-            m = lowps.PerceptualDistance(distance=head, **({"head_weights": "ones"} if head == "linear" else {}))
+            m = lowps.PerceptualDistance(distance=head, **({"head_weights": "ones"} if head == "linear" else {})).to(dev)
             dim = m.embedding_dim((a.size, a.size))
             if n * dim * 4 / 2**30 > a.max_embed_gib:
                 print(f"{head:<10}{n:>7}{dim:>9}  skipped: embeddings would take {n * dim * 4 / 2**30:.1f} GiB")
                 continue
             embed_all(m, x[:a.batch_size], a.batch_size)  # warm-up
+            _sync(dev)
             t = time.perf_counter()
             with torch.no_grad():
                 for s in range(0, n, a.batch_size):
                     m.features(x[s:s + a.batch_size])
+            _sync(dev)
             t_trunk = time.perf_counter() - t
             embeds, pairs = [], []
             for _ in range(max(1, a.repeat)):  # interleaved, so drifts of a shared machine hit both
                 t = time.perf_counter()
                 embed_all(m, x, a.batch_size)
+                _sync(dev)
                 embeds.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 mat = lowps.pairwise(x, metric=m, batch_size=a.batch_size)
@@ -75,19 +81,27 @@ def main() -> None:
                   flush=True)
     if a.json:
         from lowps._io import write_json
-        write_json(a.json, {"meta": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        write_json(a.json, {"meta": {"cpu": cpu_name(), "device": str(dev), "device_name": where,
+                                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                                      "date": str(datetime.date.today()), "size": a.size, "repeat": a.repeat,
                                      "float64_gemm_gmacs": gemm}, "rows": rows})
 
 
-def float64_gemm_rate(n: int = 600, d: int = 30720) -> float:
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def float64_gemm_rate(dev: torch.device = torch.device("cpu"), n: int = 600, d: int = 30720) -> float:
     """Multiply-adds per second (G) of one float64 n x d x n product: what the distance part runs at."""
-    a = torch.rand(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a = torch.rand(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dev)
     a @ a.T  # warm-up
     times = []
     for _ in range(3):
+        _sync(dev)
         t = time.perf_counter()
         a @ a.T
+        _sync(dev)
         times.append(time.perf_counter() - t)
     return n * n * d / min(times) / 1e9
 

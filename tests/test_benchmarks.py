@@ -62,3 +62,31 @@ def test_bench_pairwise_tiny_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [row["head"] for row in rows] == ["meanpool", "style"] and all(row["ratio"] > 0 for row in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backward", [False, True])
+def test_bench_variants_tiny_run_compares_every_switch(backward):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_variants.py"), "--size", "32", "--batch",
+                        "2", "--rounds", "1", *(["--backward"] if backward else [])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stem_conv=width_im2col small_maps=channels_last" in r.stdout
+    assert ("stem_input_grad=polyphase" in r.stdout) == backward
+    variants = [line for line in r.stdout.splitlines() if line.startswith("stem_conv=")]
+    assert len(variants) == (6 if backward else 3)
+    # Every variant computes the same distances (float32 rounding, ~1e-6) and input gradients; a
+    # gradient may differ more where a float32 pre-activation sits within rounding of a ReLU kink
+    # (then one pixel's gradient moves), so gradients get a bound that only a wrong formula exceeds.
+    for line in variants:
+        assert float(line.split()[-1]) < (1e-2 if backward else 1e-4), line
+
+
+@pytest.mark.slow
+def test_bench_kernels_tiny_run_alternatives_agree():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--batch", "2", "--size",
+                        "32", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.strip().endswith(tuple("0123456789")) and " ms " in line]
+    assert len(rows) == 13 and any("polyphase" in row for row in rows)
+    assert all(float(row.split()[-1]) < 1e-4 for row in rows)  # the same values, to float rounding
