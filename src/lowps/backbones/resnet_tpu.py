@@ -45,7 +45,12 @@ def tf_same_max_pool(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch
     if x.dtype in (torch.bfloat16, torch.float16) and not (torch.is_grad_enabled() and x.requires_grad) \
             and h % 2 == 0 and w % 2 == 0 and h > 2 and w > 2:
         return _even_max_pool_lowp(x)
-    return F.max_pool2d(x, 3, 2, padding=(h % 2, w % 2), ceil_mode=True)
+    return F.max_pool2d(x, 3, 2, padding=_tf_same_padding(h, w), ceil_mode=True)
+
+
+def _tf_same_padding(h: int, w: int) -> tuple[int, int]:
+    """PyTorch padding (with ``ceil_mode=True``) of the 3x3/2 pool over an h x w map that gives TF "SAME"."""
+    return h % 2, w % 2
 
 
 def _even_max_pool_lowp(x: torch.Tensor) -> torch.Tensor:
@@ -133,17 +138,17 @@ class _LossStem(torch.autograd.Function):
                 polyphase: bool, width_im2col: bool) -> torch.Tensor:
         outs, idxs = [], []
         h, w = x.shape[-2:]
-        ch, cw = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # the conv's output: the pool pads by its parity
+        ch, cw = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # the conv's output, which the pool reads
         for i in range(0, x.shape[0], step):
             xi = x[i:i + step]
             y = _width_im2col_conv(xi, weight, bias) if width_im2col else F.conv2d(xi, weight, bias, 2, 3)
-            o, ix = F.max_pool2d(y, 3, 2, padding=(ch % 2, cw % 2), ceil_mode=True, return_indices=True)
+            o, ix = F.max_pool2d(y, 3, 2, padding=_tf_same_padding(ch, cw), ceil_mode=True, return_indices=True)
             outs.append(o)
             idxs.append(ix)
         out = torch.cat(outs).relu_() if len(outs) > 1 else outs[0].relu_()
         ctx.save_for_backward(out, torch.cat(idxs) if len(idxs) > 1 else idxs[0], weight)
         ctx.conv_hw, ctx.size, ctx.step, ctx.polyphase = (ch, cw), (h, w), step, polyphase
-        ctx.x_meta = (x.shape, x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
         return out
 
     @staticmethod
@@ -151,18 +156,19 @@ class _LossStem(torch.autograd.Function):
         out, idx, weight = ctx.saved_tensors
         grad = grad * (out > 0)  # the ReLU's mask (differentiable in grad, so double backward works)
         (h, w), (ch, cw) = ctx.size, ctx.conv_hw
-        shape, dtype, device, cl = ctx.x_meta
-        fmt = torch.channels_last if cl else torch.contiguous_format
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         parts = []
         for i in range(0, grad.shape[0], ctx.step):
             g = grad[i:i + ctx.step]
+            # The pool's backward and the conv's read only these tensors' shapes and layouts: empty shells.
             shell = torch.empty((g.shape[0], g.shape[1], ch, cw), dtype=g.dtype, device=g.device, memory_format=fmt)
-            gy = torch.ops.aten.max_pool2d_with_indices_backward(g, shell, [3, 3], [2, 2], [ch % 2, cw % 2], [1, 1],
-                                                                 True, idx[i:i + ctx.step])
+            pad = list(_tf_same_padding(ch, cw))
+            gy = torch.ops.aten.max_pool2d_with_indices_backward(g, shell, [3, 3], [2, 2], pad, [1, 1], True,
+                                                                 idx[i:i + ctx.step])
             if ctx.polyphase:
                 parts.append(_polyphase_input_grad(gy, weight, (h, w)))
             else:
-                xs = torch.empty((g.shape[0], *shape[1:]), dtype=dtype, device=device, memory_format=fmt)
+                xs = torch.empty((g.shape[0], weight.shape[1], h, w), dtype=g.dtype, device=g.device, memory_format=fmt)
                 parts.append(torch.ops.aten.convolution_backward(gy, xs, weight, None, [2, 2], [3, 3], [1, 1], False,
                                                                  [0, 0], 1, [True, False, False])[0])
         return (torch.cat(parts) if len(parts) > 1 else parts[0]), None, None, None, None, None
@@ -426,7 +432,8 @@ class TPUResNet(nn.Module):
     stem_conv: str = "auto"
 
     def _fused_float_stem(self, x: torch.Tensor) -> bool:
-        """The fused 7x7/2 stem (BatchNorm folded) with frozen float weights, eager, no autocast."""
+        """The fused 7x7/2 stem (BatchNorm folded) with frozen float weights, eager, no autocast: where
+        `_width_im2col_conv` and `_LossStem` compute exactly what the plain ops do."""
         conv = self.conv1
         return (isinstance(self.bn1, nn.Identity) and x.shape[0] > 0
                 and not conv.weight.requires_grad and not (conv.bias is not None and conv.bias.requires_grad)
@@ -437,9 +444,9 @@ class TPUResNet(nn.Module):
                 and not torch._C._are_functorch_transforms_active()  # torch.func: plain ops
                 and not (torch.compiler.is_compiling() or torch.jit.is_tracing()))
 
-    def _loss_stem_applies(self, x: torch.Tensor) -> bool:
-        """A tracked input through the fused stem with frozen float weights, eager, no autocast."""
-        return torch.is_grad_enabled() and x.requires_grad and self._fused_float_stem(x)
+    def _loss_stem_applies(self, x: torch.Tensor, fused: bool | None = None) -> bool:
+        """A tracked input through the fused float stem (``fused``: `_fused_float_stem`, if known)."""
+        return torch.is_grad_enabled() and x.requires_grad and (self._fused_float_stem(x) if fused is None else fused)
 
     def _modes(self, x: torch.Tensor) -> tuple[str, str]:
         """``stem_input_grad`` and ``stem_conv`` with "auto" resolved for ``x``'s device."""
@@ -460,8 +467,9 @@ class TPUResNet(nn.Module):
         n, _, h, w = x.shape
         step = self.stem_chunk_pixels // (h * w)
         grad_mode, conv_mode = self._modes(x)
-        width = conv_mode == "width_im2col" and self._fused_float_stem(x)
-        if grad_mode != "autograd" and self._loss_stem_applies(x):
+        fused = self._fused_float_stem(x)
+        width = conv_mode == "width_im2col" and fused
+        if grad_mode != "autograd" and self._loss_stem_applies(x, fused):
             return _LossStem.apply(x, self.conv1.weight, self.conv1.bias, max(1, step), grad_mode == "polyphase", width)
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
             return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
