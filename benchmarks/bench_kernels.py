@@ -5,8 +5,10 @@
 Times, in interleaved rounds (medians, ms per call), the alternatives lowps chose between:
 
 * the stem's input gradient (conv 7x7/2, 64 -> 3 channels, transposed): oneDNN's backward-data
-  kernel (channels_last and NCHW), ``conv_transpose2d``, the polyphase form lowps uses on AVX2
-  (`lowps.backbones.resnet_tpu._polyphase_input_grad`), and a matrix product plus ``F.fold``;
+  kernel (channels_last and NCHW), ``conv_transpose2d``, the row-polyphase form lowps uses on AVX2
+  (`lowps.backbones.resnet_tpu._polyphase_input_grad`: a 4x1 conv with 48 outputs and four
+  strided adds), the 2-D polyphase form it used before (a 4x4 conv with 12 outputs and a pixel
+  shuffle), and a matrix product plus ``F.fold``;
 * the stem's forward (conv + max-pool, sub-batches of 16 images as at inference): channels_last,
   NCHW conv with a channels_last pool, space-to-depth (a 4x4 conv over 12 channels), and a
   width-im2col (21 channels, a 7x1 conv);
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_distance import cpu_name  # noqa: E402
 
-from lowps.backbones.resnet_tpu import _polyphase_input_grad  # noqa: E402
+from lowps.backbones.resnet_tpu import _polyphase_input_grad, _width_im2col_conv  # noqa: E402
 
 CL = torch.channels_last
 
@@ -74,6 +76,14 @@ def main() -> None:
         cols = (gc.permute(0, 2, 3, 1).reshape(-1, 64) @ w.reshape(64, 147)).view(n, -1, 147).transpose(1, 2)
         return F.fold(cols, (s, s), 7, padding=3, stride=2)
 
+    # the 2-D polyphase form (lowps 0.2's): the four output phases as 4 x 3 channels of one 4x4 conv
+    taps = torch.tensor(((5, 3, 1, 7), (6, 4, 2, 0)))  # row parity, window offset -> kernel row (7: zero)
+    w_pp = F.pad(w, (0, 1, 0, 1))[:, :, taps][..., taps].permute(1, 2, 4, 0, 3, 5).reshape(12, 64, 4, 4)
+    w_pp = w_pp.contiguous(memory_format=CL)
+
+    def polyphase_2d() -> torch.Tensor:
+        return F.pixel_shuffle(F.conv2d(gc, w_pp, None, 1, 2)[:, :, 1:, 1:], 2)[..., :s, :s]
+
     def pool(y: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(y, 3, 2, padding=(y.shape[-2] % 2, y.shape[-1] % 2), ceil_mode=True)
 
@@ -82,25 +92,21 @@ def main() -> None:
 
     w_s2d = F.pad(w, (0, 1, 0, 1)).reshape(64, 3, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(64, 12, 4, 4)
     w_s2d = w_s2d.contiguous(memory_format=CL)
-    w_col = w.permute(0, 3, 1, 2).reshape(64, 21, 7, 1).contiguous(memory_format=CL)
 
     def s2d(v: torch.Tensor) -> torch.Tensor:
         pad = (3, 3 + (s % 2), 3, 3 + (s % 2))
         return pool(F.conv2d(F.pixel_unshuffle(F.pad(v, pad), 2).contiguous(memory_format=CL), w_s2d, b))
 
     def width_col(v: torch.Tensor) -> torch.Tensor:
-        vp = F.pad(v, (3, 3, 3, 3))
-        k, c, hp, wp = vp.shape
-        sn, sc, sh, sw = vp.stride()
-        cols = vp.as_strided((k, 7, c, hp, (wp - 7) // 2 + 1), (sn, sw, sc, sh, 2 * sw))
-        return pool(F.conv2d(cols.reshape(k, 21, hp, -1).contiguous(memory_format=CL), w_col, b, (2, 1)))
+        return pool(_width_im2col_conv(v, w, b))
 
     groups: dict[str, dict[str, Callable[[], torch.Tensor]]] = {
         f"stem input gradient, {n} x 3 x {s} x {s}": {
             "oneDNN backward-data, channels_last": native(gc, xc, wc),
             "oneDNN backward-data, NCHW": native(grad, x, w),
             "conv_transpose2d, channels_last": lambda: F.conv_transpose2d(gc, wc, None, 2, 3, output_padding=1 - s % 2),
-            "polyphase (one 4x4 conv + pixel shuffle)": lambda: _polyphase_input_grad(gc, w, (s, s)),
+            "row polyphase (4x1 conv, 48 ch + 4 adds)": lambda: _polyphase_input_grad(gc, w, (s, s)),
+            "2-D polyphase (4x4 conv, 12 ch + shuffle)": polyphase_2d,
             "matrix product + F.fold": gemm_fold,
         },
         f"stem forward (conv + max-pool), {n} images in sub-batches of 16": {
@@ -108,7 +114,7 @@ def main() -> None:
             "NCHW conv, channels_last pool": per16(
                 lambda v: pool(F.conv2d(v, w, b, 2, 3).contiguous(memory_format=CL)), x),
             "space-to-depth (12 ch, 4x4 conv)": per16(s2d, xc),
-            "width im2col (21 ch, 7x1 conv)": per16(width_col, xc),
+            "width im2col (21 ch, 7x1 conv; lowps)": per16(width_col, xc),
         },
     }
     for name, (cin, cout, hw) in {"stage 3 (8x8 -> 4x4)": (128, 256, 8), "stage 4 (4x4 -> 2x2)": (256, 512, 4)}.items():

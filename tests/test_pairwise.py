@@ -157,8 +157,9 @@ def test_sets_of_two_image_sizes_are_a_clear_error():
         lowps.nearest(pair(2, size=64, seed=1)[0], pair(3, size=96, seed=2)[0], metric=m)
 
 
+@pytest.mark.parametrize("matmul", ["numpy", "torch"])
 @pytest.mark.parametrize("shape", [(600, None), (300, 530)])
-def test_pairwise_embeddings_tiles_and_column_chunks_equal_the_direct_formula(shape):
+def test_pairwise_embeddings_tiles_and_column_chunks_equal_the_direct_formula(shape, matmul):
     # Several square tiles (256..1024 rows each) and several float64 column chunks: every tile and
     # chunk boundary, the mirrored lower triangle and the N x M case, against ||a - b||^2 in float64.
     from lowps.allpairs import pairwise_embeddings
@@ -167,7 +168,7 @@ def test_pairwise_embeddings_tiles_and_column_chunks_equal_the_direct_formula(sh
     a = torch.rand(n, 700, generator=g)
     b = None if m is None else torch.rand(m, 700, generator=g)
     a[1] = a[0] + 1e-4 * torch.rand(700, generator=g)  # a near-duplicate: a small difference of large norms
-    got = pairwise_embeddings(a, b, block=300 * (n + (m or 0)))  # 300 columns per chunk: 3 chunks
+    got = pairwise_embeddings(a, b, block=300 * (n + (m or 0)), matmul=matmul)  # 300 columns per chunk: 3 chunks
     bb = a if b is None else b
     want = (a.double()[:, None] - bb.double()[None]).square().sum(-1)
     assert got.shape == want.shape and got.dtype == torch.float64
@@ -177,3 +178,45 @@ def test_pairwise_embeddings_tiles_and_column_chunks_equal_the_direct_formula(sh
         # the near-duplicate (distance 1e-8 of the norms) keeps its digits: float64 loses ~1e-7 of it
         # (its eps times norms / distance), float32 products would lose all of them
         assert abs(got[0, 1] / want[0, 1] - 1) < 1e-6
+
+
+def test_pairwise_embeddings_matmul_choices_agree_and_autograd_gets_torch():
+    from lowps.allpairs import pairwise_embeddings
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(40, 50, generator=g, dtype=torch.float64)
+    # NumPy's SYRK and PyTorch's addmm: the same float64 sums in another order
+    assert torch.allclose(pairwise_embeddings(a, matmul="numpy"), pairwise_embeddings(a, matmul="torch"),
+                          rtol=1e-12, atol=1e-12)
+    t = a.clone().requires_grad_(True)
+    d = pairwise_embeddings(t)  # auto: tracked input -> the differentiable PyTorch path
+    d.sum().backward()
+    # d/da_i of sum_jk ||a_j - a_k||^2 = 4 (N a_i - sum_j a_j) (every pair counted in both orders)
+    want = 4 * (a.shape[0] * a - a.sum(0))
+    assert t.grad is not None and torch.allclose(t.grad, want, rtol=1e-9, atol=1e-9)
+    with pytest.raises(lowps.InputError, match="matmul='numpy' needs CPU tensors without autograd"):
+        pairwise_embeddings(t, matmul="numpy")
+    with pytest.raises(lowps.InputError, match="is not one of"):
+        pairwise_embeddings(a, matmul="blas")
+
+
+def test_pairwise_embeddings_limits_blas_to_torch_threads(monkeypatch):
+    # a process that set torch.set_num_threads(1) (a data-loader worker) gets one BLAS thread
+    from threadpoolctl import threadpool_info
+
+    import lowps.allpairs as ap
+    seen = []
+    real = ap._blas_threads
+
+    def spy():
+        ctx = real()
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return ctx
+
+    monkeypatch.setattr(ap, "_blas_threads", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ap.pairwise_embeddings(torch.rand(5, 7), matmul="numpy")
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}

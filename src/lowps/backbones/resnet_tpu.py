@@ -87,26 +87,42 @@ def _native_avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
 
 
-#: Polyphase taps of the 7x7/2, padding-3 stem: output-row parity p and window offset a -> kernel row
-#: (7 = a zero row). Input row y = 2Y + p receives from conv rows Y - 1 .. Y + 2 (offset a = 0..3).
-_POLY_TAPS = ((5, 3, 1, 7), (6, 4, 2, 0))
+def _polyphase_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """`_polyphase_input_grad`'s 4x1 kernel for a (C_out, C_in, 7, 7) stem weight: (16 C_in, C_out, 4, 1).
+
+    Output channel (r, m, q, c) is input row parity r, column tap j = 2m + q and input channel c; tap t
+    reads conv row Y' - 3 + t, i.e. kernel row 2(3 - t) + r (row 7 and column 7 are zeros)."""
+    c_out, c_in = weight.shape[:2]
+    rows = torch.tensor([[2 * (3 - t) + r for t in range(4)] for r in range(2)], device=weight.device)
+    k = F.pad(weight, (0, 1, 0, 1))[:, :, rows]  # (C_out, C_in, r, t, j=8)
+    k = k.unflatten(4, (4, 2))  # (C_out, C_in, r, t, m, q)
+    return k.permute(2, 4, 5, 1, 0, 3).reshape(16 * c_in, c_out, 4, 1)
 
 
 def _polyphase_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Input gradient of ``conv2d(x, weight, stride=2, padding=3)`` (7x7 kernel) as one stride-1 conv.
+    """Input gradient of ``conv2d(x, weight, stride=2, padding=3)`` (7x7 kernel, ``x`` of ``size``) as one
+    stride-1 forward conv and four strided adds.
 
-    The transposed stride-2 conv splits into the four output phases (row and column parity); each is
-    a 4x4 correlation of ``grad``, and stacking them as 4 x C_in output channels makes one ordinary
-    forward convolution followed by a pixel shuffle. oneDNN's forward kernels run this 1.5x faster
-    than its backward-data kernel for this 3-channel layer on AVX2 CPUs (docs/performance.md).
+    The transposed stride-2 conv splits by input-row parity r into two 4-tap correlations down the
+    rows; the 7 column taps (and the input channels) become output channels, so it is one 4x1 conv
+    with 2 x 8 x C_in = 48 outputs (column tap 7 is zero). Its output holds, for each conv column X,
+    the contributions to input columns 2X + j; with the taps ordered j = 2m + q, taps 2m and 2m + 1
+    land side by side, so folding them back is four adds of (column pair, channel) runs. oneDNN's
+    forward kernels run this ~1.5x faster than the 12-channel 4x4 polyphase conv and ~2x faster than
+    its backward-data kernel for this 3-channel layer on AVX2 CPUs (benchmarks/bench_kernels.py).
     """
-    c_out, c_in = weight.shape[:2]
-    taps = torch.tensor(_POLY_TAPS, device=weight.device)
-    wp = F.pad(weight, (0, 1, 0, 1))[:, :, taps][..., taps]  # (C_out, C_in, 2, 4, 2, 4): co ci py a px b
-    k = wp.permute(1, 2, 4, 0, 3, 5).reshape(c_in * 4, c_out, 4, 4)
+    n, _, ho, wo = grad.shape
+    c_in = weight.shape[1]
+    h, w = size
     fmt = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    y = F.conv2d(grad, k.contiguous(memory_format=fmt), None, 1, 2)[:, :, 1:, 1:]
-    return F.pixel_shuffle(y, 2)[..., :size[0], :size[1]]
+    k = _polyphase_kernel(weight).contiguous(memory_format=fmt)
+    y = F.conv2d(grad, k, padding=(3, 0))  # (N, 16 C_in, Ho + 3, Wo): row Y' of phase r is input row 2Y' + r
+    # (N, Y', r, X, m, (q, c)) -> padded input rows 2Y' + r, columns 2(X + m) + q
+    src = y.permute(0, 2, 3, 1).unflatten(3, (2, 4, 2 * c_in)).permute(0, 1, 3, 2, 4, 5)
+    dxp = torch.zeros((n, ho + 3, 2, wo + 3, 2 * c_in), dtype=grad.dtype, device=grad.device)
+    for m in range(4):
+        dxp[:, :, :, m:m + wo] += src[:, :, :, :, m]
+    return dxp.view(n, 2 * ho + 6, 2 * wo + 6, c_in)[:, 3:h + 3, 3:w + 3].permute(0, 3, 1, 2)
 
 
 def _width_im2col_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -118,13 +134,14 @@ def _width_im2col_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     built in one copy, channels_last, and is 7/4 the size of the conv output.
     """
     c_out, c_in = weight.shape[:2]
-    xp = F.pad(x, (3, 3, 3, 3))
-    n, _, hp, wp = xp.shape
+    xp = F.pad(x, (3, 3))  # the columns' padding; the conv pads the rows
+    n, _, h, wp = xp.shape
     wo = (wp - 7) // 2 + 1
     sn, sc, sh, sw = xp.stride()
-    cols = xp.as_strided((n, hp, wo, 7, c_in), (sn, sh, 2 * sw, sw, sc)).reshape(n, hp, wo, 7 * c_in)
+    cols = xp.as_strided((n, h, wo, 7, c_in), (sn, sh, 2 * sw, sw, sc)).reshape(n, h, wo, 7 * c_in)
     w_cols = weight.permute(0, 3, 1, 2).reshape(c_out, 7 * c_in, 7, 1)  # in-channel = column tap * C_in + c
-    return F.conv2d(cols.permute(0, 3, 1, 2), w_cols.contiguous(memory_format=torch.channels_last), bias, (2, 1))
+    return F.conv2d(cols.permute(0, 3, 1, 2), w_cols.contiguous(memory_format=torch.channels_last), bias, (2, 1),
+                    (3, 0))
 
 
 class _LossStem(torch.autograd.Function):
