@@ -7,9 +7,11 @@
 ``--backward`` times what a training loss does: forward plus backward to the first image (frozen
 weights), outside inference mode; a metric spec ending in ``:ac`` runs under bf16 autocast
 (``lpips-alex:ac``, ``lowps:meanpool:ac``). ``--roofline`` adds, for each lowps row, the achieved
-multiply-adds per second (MACs per call counted by ``torch.utils.flop_counter``) and their fraction
-of this machine's measured conv peak: a large 3x3 convolution (batch 32, 256 -> 256 channels, 28x28,
-channels_last, fp32; bf16 for bf16 rows) timed in the same run.
+multiply-adds per second (MACs per call counted by ``torch.utils.flop_counter``; with ``--backward``
+1.5x the forward of both images: the first image's input gradient costs its forward again) and their
+fraction of this machine's conv peak: a large 3x3 convolution (batch 32, 256 -> 256 channels, 28x28,
+channels_last, fp32; bf16 for bf16 rows) timed in the same interleaved rounds as that row's metrics
+(column "peak"), so the fraction compares calls made under the same machine conditions.
 
 LPIPS runs from the `lpips` package with random trunks (speed only: weights do not change the
 work). lowps runs its default backbone with every head as users get it (``PerceptualDistance``:
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -70,6 +73,10 @@ def make(name: str, device: str):
     return with_autocast
 
 
+#: Multiply-adds of a --backward call relative to the counted forward of both images (see main()).
+BACKWARD_MAC_FACTOR = 1.5
+
+
 def run_once(fn, x, y, backward: bool):
     """One metric call as the benchmark times it: inference, or forward + backward to ``x``."""
     if not backward:
@@ -92,25 +99,18 @@ def macs_per_call(name: str, device: str, batch: int, size: tuple[int, int]) -> 
     return counter.get_total_flops() / 2
 
 
-def conv_peak(device: str, dtype: torch.dtype, min_time: float = 1.0) -> float:
-    """This machine's conv throughput in MAC/s: a large 3x3 conv, channels_last, timed here."""
+def peak_conv(device: str, dtype: torch.dtype) -> tuple[Callable[[], object], float]:
+    """The reference for the roofline: a large 3x3 conv (batch 32, 256 -> 256 channels, 28x28,
+    channels_last) and its multiply-adds; timed in the same interleaved rounds as the metrics."""
     n, c, hw = 32, 256, 28
     x = torch.rand(n, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype,
                                                                 memory_format=torch.channels_last)
-    macs = n * c * c * 9 * hw * hw
-    times = []
-    with torch.inference_mode():
-        for _ in range(2):
-            conv(x)
-        start = time.perf_counter()
-        while len(times) < 3 or time.perf_counter() - start < min_time:
-            t = time.perf_counter()
-            conv(x)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-    return macs / statistics.median(times)
+
+    def call() -> object:
+        with torch.inference_mode():
+            return conv(x)
+    return call, float(n * c * c * 9 * hw * hw)
 
 
 def cpu_name() -> str:
@@ -133,35 +133,40 @@ def parse_size(s: str) -> tuple[int, int]:
 
 
 def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int, int],
-                     min_time: float, backward: bool = False) -> dict[str, float]:
+                     min_time: float, backward: bool = False,
+                     refs: dict[str, Callable[[], object]] | None = None) -> dict[str, float]:
     """Pairs/s of each metric on the same inputs: batch / median call time over interleaved rounds.
 
     Every round calls each metric once, in turn, so slow drift of a shared machine (clock, other
     tenants) hits all of them alike, and the median drops the odd stalled call; the ratios against
-    LPIPS-alex are what this benchmark is for.
+    LPIPS-alex are what this benchmark is for. ``refs`` (the roofline's peak conv) are called in the
+    same rounds; their entries are calls/s.
     """
     fns = {name: make(name, device) for name in names}
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *size, generator=g).to(device)
     y = torch.rand(batch, 3, *size, generator=g).to(device)
 
-    def call(fn) -> float:
+    def timed(f: Callable[[], object]) -> float:
         start = time.perf_counter()
-        run_once(fn, x, y, backward)
+        f()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    for fn in fns.values():  # warm-up: allocator, oneDNN/cuDNN kernel choice
-        call(fn)
-        call(fn)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    calls: dict[str, Callable[[], object]] = {name: (lambda fn=fn: run_once(fn, x, y, backward))
+                                               for name, fn in fns.items()}
+    calls.update(refs or {})
+    for f in calls.values():  # warm-up: allocator, oneDNN/cuDNN kernel choice
+        timed(f)
+        timed(f)
+    times: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
     while True:
-        for name, fn in fns.items():
-            times[name].append(call(fn))
-        if len(times[names[0]]) >= 3 and time.perf_counter() - start >= min_time * len(fns):
-            return {name: batch / statistics.median(t) for name, t in times.items()}
+        for name, f in calls.items():
+            times[name].append(timed(f))
+        if len(times[names[0]]) >= 3 and time.perf_counter() - start >= min_time * len(calls):
+            return {name: (batch if name in fns else 1) / statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], backward: bool = False) -> float:
@@ -216,18 +221,20 @@ def main() -> None:
         a.sizes, a.batches, a.metrics = ["64", "256"], [32], ["lpips-alex", "lowps:meanpool", "lowps:meanpool:bf16"]
     threads = torch.get_num_threads()
     rows = []
-    peaks: dict[str, float] = {}
+    # The roofline's reference conv is timed in every row's interleaved rounds (not once up front): on
+    # a shared machine the peak drifts with the metrics, and the fraction must compare like with like.
+    peak_calls: dict[str, tuple[Callable[[], object], float]] = {}
     if a.roofline:
-        peaks["fp32"] = conv_peak(a.device, torch.float32, a.min_time)
+        peak_calls["fp32"] = peak_conv(a.device, torch.float32)
         if any(n.endswith(("bf16", "bf16:ac", ":ac")) for n in a.metrics):
-            peaks["bf16"] = conv_peak(a.device, torch.bfloat16, a.min_time)
+            peak_calls["bf16"] = peak_conv(a.device, torch.bfloat16)
+    peaks_seen: dict[str, list[float]] = {k: [] for k in peak_calls}
     print(f"# {cpu_name()}, {threads} threads, torch {torch.__version__}, device {a.device}, "
           f"{datetime.date.today()}, {'forward + backward (loss)' if a.backward else 'inference'}")
-    if peaks:
-        print("# conv peak (3x3, 256->256 ch, 28x28, batch 32): "
-              + ", ".join(f"{k} {v / 1e9:.1f} GMAC/s" for k, v in peaks.items()))
+    if peak_calls:
+        print("# conv peak: a 3x3 conv, 256->256 ch, 28x28, batch 32, timed in each row's rounds (column 'peak')")
     print(f"{'metric':<22}{'size':>9}{'batch':>7}{'pairs/s':>11}{'x alex':>8}" + (f"{'peak MiB':>10}" if a.memory else "")
-          + (f"{'GMAC/s':>9}{'% peak':>8}" if a.roofline else ""))
+          + (f"{'GMAC/s':>9}{'peak':>7}{'% peak':>8}" if a.roofline else ""))
     for size_s in a.sizes:
         size = parse_size(size_s)
         for batch in a.batches:
@@ -235,7 +242,11 @@ def main() -> None:
                 continue
             names = [n for n in a.metrics
                      if not (n == "lpips-vgg" and a.device == "cpu" and batch * size[0] * size[1] > 32 * 256 * 256)]
-            rates = time_interleaved(names, a.device, batch, size, a.min_time, a.backward)
+            refs = {f"peak:{k}": f for k, (f, _) in peak_calls.items()}
+            rates = time_interleaved(names, a.device, batch, size, a.min_time, a.backward, refs)
+            peaks = {k: rates.pop(f"peak:{k}") * macs for k, (_, macs) in peak_calls.items()}
+            for k, v in peaks.items():
+                peaks_seen[k].append(v)
             alex = rates.get("lpips-alex") or rates.get("lpips-alex:ac")
             for name in names:
                 rate = rates[name]
@@ -246,11 +257,14 @@ def main() -> None:
                 roof = ""
                 if a.roofline and name.startswith("lowps:"):
                     macs = macs_per_call(name, a.device, batch, size)
-                    # frozen weights: backward computes input gradients only, about the forward's MACs again
-                    achieved = macs * rate / batch * (2 if a.backward else 1)
+                    # --backward: both images' forwards (counted) plus the input gradient of the first
+                    # image only (frozen weights: no weight gradients), which costs its forward's MACs again
+                    # (a conv's input gradient is its transposed conv: the same multiply-adds), so 1.5x.
+                    achieved = macs * rate / batch * (BACKWARD_MAC_FACTOR if a.backward else 1)
                     peak = peaks["bf16" if ("bf16" in name or name.endswith(":ac")) else "fp32"]
-                    row.update(macs_per_pair=macs / batch, gmacs_per_s=achieved / 1e9, fraction_of_peak=achieved / peak)
-                    roof = f"{achieved / 1e9:>9.1f}{100 * achieved / peak:>7.0f}%"
+                    row.update(macs_per_pair=macs / batch, gmacs_per_s=achieved / 1e9, fraction_of_peak=achieved / peak,
+                               conv_peak_gmacs_per_s=peak / 1e9)
+                    roof = f"{achieved / 1e9:>9.1f}{peak / 1e9:>7.1f}{100 * achieved / peak:>7.0f}%"
                 rows.append(row)
                 ratio = f"{row['ratio_to_alex']:.2f}" if alex else "-"
                 print(f"{name:<22}{row['size']:>9}{batch:>7}{rate:>11.1f}{ratio:>8}"
@@ -261,7 +275,8 @@ def main() -> None:
                 "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
                 "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
                 "mode": "backward" if a.backward else "inference",
-                "conv_peak_macs_per_s": peaks or None}
+                "conv_peak_macs_per_s": {k: statistics.median(v) for k, v in peaks_seen.items() if v} or None,
+                "backward_mac_factor": BACKWARD_MAC_FACTOR if a.backward else None}
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 

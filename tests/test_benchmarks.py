@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +91,30 @@ def test_bench_kernels_tiny_run_alternatives_agree():
     rows = [line for line in r.stdout.splitlines() if line.strip().endswith(tuple("0123456789")) and " ms " in line]
     assert len(rows) == 13 and any("polyphase" in row for row in rows)
     assert all(float(row.split()[-1]) < 1e-4 for row in rows)  # the same values, to float rounding
+
+
+def test_backward_roofline_factor_matches_counted_multiply_adds():
+    # bench_distance --backward --roofline counts one forward of both images and multiplies by
+    # BACKWARD_MAC_FACTOR: check that against the multiply-adds autograd actually runs (plain ops
+    # through the stem, so every conv's input gradient is counted as convolution_backward).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import lowps
+    from lowps.backbones.resnet_tpu import TPUResNet
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_distance import BACKWARD_MAC_FACTOR
+
+    m = lowps.PerceptualDistance(weights="random")
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    fwd = FlopCounterMode(display=False)
+    with fwd, torch.no_grad():
+        m(x, y)
+    both = FlopCounterMode(display=False)
+    before = TPUResNet.stem_input_grad
+    try:
+        TPUResNet.stem_input_grad = "autograd"
+        with both:
+            m(x.requires_grad_(True), y).sum().backward()
+    finally:
+        TPUResNet.stem_input_grad = before
+    assert both.get_total_flops() == pytest.approx(BACKWARD_MAC_FACTOR * fwd.get_total_flops(), rel=0.01)

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,15 @@ def test_paper_figures_in_docs_are_the_papers():
             if figures:
                 assert re.search(r"Table \d|sec\. \d|Fig\. \d|app\. [A-Z]|App\. [A-Z]", block), \
                     f"{doc}: a paper figure without its table/section: {block.strip()[:200]}"
+
+
+def test_repo_paths_named_in_docs_exist():
+    # A renamed script or results file must not leave docs pointing at nothing (docs/performance.md
+    # once named a benchmark that never existed).
+    root = ROOT
+    missing = []
+    for doc in [root / "README.md", root / "CHANGELOG.md", *sorted((root / "docs").rglob("*.md"))]:
+        for path in re.findall(r"\b((?:benchmarks|examples|tests|scripts)/[\w./-]+\.(?:py|json|sh))", doc.read_text()):
+            if not (root / path).exists():
+                missing.append(f"{doc.relative_to(root)}: {path}")
+    assert not missing, missing

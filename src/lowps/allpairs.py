@@ -119,6 +119,7 @@ def _products_numpy(ea: torch.Tensor, eb: torch.Tensor | None, out: Any, na: Any
     # again every time.
     abuf = np.empty((a.shape[0], cols))
     bbuf = None if b is None else np.empty((b.shape[0], cols))
+    pbuf = np.empty(tile * tile)
     with _blas_threads():
         for k in chunks:
             w = min(cols, a.shape[1] - k)
@@ -134,7 +135,8 @@ def _products_numpy(ea: torch.Tensor, eb: torch.Tensor | None, out: Any, na: Any
                 # `x @ x.T` on one buffer is NumPy's SYRK case (recognised by data pointer and strides);
                 # its diagonal is the squared norms of that chunk.
                 diag = b is None and i == j
-                prod = ak[i:i + tile] @ (ak[i:i + tile] if diag else bk[j:j + tile]).T
+                ai, bj = ak[i:i + tile], (ak[i:i + tile] if diag else bk[j:j + tile])
+                prod = np.matmul(ai, bj.T, out=pbuf[:len(ai) * len(bj)].reshape(len(ai), len(bj)))
                 if diag:
                     na[i:i + tile] += np.diagonal(prod)
                 prod *= -2
@@ -146,7 +148,8 @@ def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block:
     """Squared Euclidean distances between the rows of ``ea`` (N, D) and ``eb`` (M, D): (N, M).
 
     ``||a||^2 + ||b||^2 - 2 a.b`` in float64: the vectors are converted in column chunks of at most
-    ``block`` float64 values (never the whole matrix), and each chunk adds its products to square
+    ``block`` float64 values or (NumPy) a quarter of the result's size, whichever is larger (never the
+    whole embedding matrix), and each chunk adds its products to square
     tiles of the result; a matrix against itself computes only the tiles on and above the diagonal and
     mirrors them. Negative rounding is clamped to 0, and the diagonal is exactly 0 when ``eb=None``.
 
@@ -176,7 +179,11 @@ def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block:
     # blocks ran at half of it), small enough that a self-comparison skips most of the lower triangle.
     tile = max(256, min(1024, -(-max(n, m) // 2)))
     tiles = [(i, j) for i in range(0, n, tile) for j in range(i if same else 0, m, tile)]
-    cols = max(256, block // (n + (0 if same else m)))
+    # NumPy adds each chunk's tile products to the result itself (BLAS's C += A B is not exposed), so
+    # its chunks are wider: up to a quarter of the result's size, or every chunk re-reads the result
+    # (N = 10,000: 419 columns per chunk spent more time there than in the products).
+    budget = max(block, n * m // 4) if use_numpy else block
+    cols = max(256, budget // (n + (0 if same else m)))
     chunks = tqdm(range(0, d, cols), disable=not progress, desc="pairs", leave=False)
     if use_numpy:
         _products_numpy(ea, None if same else eb, out.numpy(), na.numpy(), nb.numpy(), tiles, tile, cols, chunks)
