@@ -107,9 +107,10 @@ def _polyphase_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[
     rows; the 7 column taps (and the input channels) become output channels, so it is one 4x1 conv
     with 2 x 8 x C_in = 48 outputs (column tap 7 is zero). Its output holds, for each conv column X,
     the contributions to input columns 2X + j; with the taps ordered j = 2m + q, taps 2m and 2m + 1
-    land side by side, so folding them back is four adds of (column pair, channel) runs. oneDNN's
-    forward kernels run this ~1.5x faster than the 12-channel 4x4 polyphase conv and ~2x faster than
-    its backward-data kernel for this 3-channel layer on AVX2 CPUs (benchmarks/bench_kernels.py).
+    land side by side, so folding them back is four adds of (column pair, channel) runs. On an AVX2
+    CPU this is ~1.5x faster than a 2-D polyphase form (a 4x4 conv with 12 outputs, which fill
+    oneDNN's register blocks poorly) and ~2.4x faster than oneDNN's backward-data kernel for this
+    3-channel layer (benchmarks/bench_kernels.py).
     """
     n, _, ho, wo = grad.shape
     c_in = weight.shape[1]
