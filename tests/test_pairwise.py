@@ -197,6 +197,11 @@ def test_pairwise_embeddings_matmul_choices_agree_and_autograd_gets_torch():
         pairwise_embeddings(t, matmul="numpy")
     with pytest.raises(lowps.InputError, match="is not one of"):
         pairwise_embeddings(a, matmul="blas")
+    # dtypes NumPy lacks (bfloat16) and half precision: the same as their float64 values
+    for dt in (torch.bfloat16, torch.float16):
+        low = a.to(dt)
+        assert torch.allclose(pairwise_embeddings(low, matmul="numpy"), pairwise_embeddings(low.double(), matmul="torch"),
+                              rtol=1e-12, atol=1e-12)
 
 
 def test_pairwise_embeddings_limits_blas_to_torch_threads(monkeypatch):

@@ -113,8 +113,11 @@ def _products_numpy(ea: torch.Tensor, eb: torch.Tensor | None, out: Any, na: Any
     norms to ``na``/``nb`` (float64 arrays sharing memory with the caller's tensors). Every step stays
     in NumPy: a PyTorch op between two BLAS calls leaves PyTorch's OpenMP threads spinning on the cores
     BLAS needs (measured 2.2x slower on 2 cores)."""
-    a = ea.detach().numpy()
-    b = None if eb is None else eb.detach().numpy()
+    def as_numpy(t: torch.Tensor) -> Any:  # NumPy has no bfloat16: such inputs go through float32 once
+        t = t.detach()
+        return (t.float() if t.dtype not in (torch.float16, torch.float32, torch.float64) else t).numpy()
+    a = as_numpy(ea)
+    b = None if eb is None else as_numpy(eb)
     # One float64 buffer per side, reused: a fresh multi-megabyte array per chunk is page-faulted in
     # again every time.
     abuf = np.empty((a.shape[0], cols))
