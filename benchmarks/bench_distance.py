@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -277,8 +276,8 @@ def main() -> None:
                 "mode": "backward" if a.backward else "inference",
                 "conv_peak_macs_per_s": {k: statistics.median(v) for k, v in peaks_seen.items() if v} or None,
                 "backward_mac_factor": BACKWARD_MAC_FACTOR if a.backward else None}
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        from lowps._io import write_json  # atomic, strict JSON: the writer every results file uses
+        write_json(a.json, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_distance import cpu_name  # noqa: E402
 
-from lowps.backbones.resnet_tpu import _polyphase_input_grad, _width_im2col_conv  # noqa: E402
+from lowps.backbones.resnet_tpu import _polyphase_input_grad, _polyphase_kernel, _width_im2col_conv  # noqa: E402
 
 CL = torch.channels_last
 
@@ -84,6 +84,8 @@ def main() -> None:
     def polyphase_2d() -> torch.Tensor:
         return F.pixel_shuffle(F.conv2d(gc, w_pp, None, 1, 2)[:, :, 1:, 1:], 2)[..., :s, :s]
 
+    k_rows = _polyphase_kernel(w).contiguous(memory_format=CL)  # lowps builds it once per backward
+
     def pool(y: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(y, 3, 2, padding=(y.shape[-2] % 2, y.shape[-1] % 2), ceil_mode=True)
 
@@ -105,7 +107,7 @@ def main() -> None:
             "oneDNN backward-data, channels_last": native(gc, xc, wc),
             "oneDNN backward-data, NCHW": native(grad, x, w),
             "conv_transpose2d, channels_last": lambda: F.conv_transpose2d(gc, wc, None, 2, 3, output_padding=1 - s % 2),
-            "row polyphase (4x1 conv, 48 ch + 4 adds)": lambda: _polyphase_input_grad(gc, w, (s, s)),
+            "row polyphase (4x1 conv, 48 ch + 4 adds)": lambda: _polyphase_input_grad(gc, k_rows, (s, s)),
             "2-D polyphase (4x4 conv, 12 ch + shuffle)": polyphase_2d,
             "matrix product + F.fold": gemm_fold,
         },

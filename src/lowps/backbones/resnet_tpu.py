@@ -99,9 +99,10 @@ def _polyphase_kernel(weight: torch.Tensor) -> torch.Tensor:
     return k.permute(2, 4, 5, 1, 0, 3).reshape(16 * c_in, c_out, 4, 1)
 
 
-def _polyphase_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _polyphase_input_grad(grad: torch.Tensor, kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Input gradient of ``conv2d(x, weight, stride=2, padding=3)`` (7x7 kernel, ``x`` of ``size``) as one
-    stride-1 forward conv and four strided adds.
+    stride-1 forward conv and four strided adds; ``kernel`` is `_polyphase_kernel(weight)` (built once
+    per backward, not per sub-batch).
 
     The transposed stride-2 conv splits by input-row parity r into two 4-tap correlations down the
     rows; the 7 column taps (and the input channels) become output channels, so it is one 4x1 conv
@@ -113,11 +114,11 @@ def _polyphase_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[
     3-channel layer (benchmarks/bench_kernels.py).
     """
     n, _, ho, wo = grad.shape
-    c_in = weight.shape[1]
+    c_in = kernel.shape[0] // 16
     h, w = size
     fmt = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    k = _polyphase_kernel(weight).contiguous(memory_format=fmt)
-    y = F.conv2d(grad, k, padding=(3, 0))  # (N, 16 C_in, Ho + 3, Wo): row Y' of phase r is input row 2Y' + r
+    # (N, 16 C_in, Ho + 3, Wo): row Y' of phase r is input row 2Y' + r
+    y = F.conv2d(grad, kernel.contiguous(memory_format=fmt), padding=(3, 0))
     # (N, Y', r, X, m, (q, c)) -> padded input rows 2Y' + r, columns 2(X + m) + q
     src = y.permute(0, 2, 3, 1).unflatten(3, (2, 4, 2 * c_in)).permute(0, 1, 3, 2, 4, 5)
     dxp = torch.zeros((n, ho + 3, 2, wo + 3, 2 * c_in), dtype=grad.dtype, device=grad.device)
@@ -175,16 +176,17 @@ class _LossStem(torch.autograd.Function):
         grad = grad * (out > 0)  # the ReLU's mask (differentiable in grad, so double backward works)
         (h, w), (ch, cw) = ctx.size, ctx.conv_hw
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        pad = list(_tf_same_padding(ch, cw))
+        kernel = _polyphase_kernel(weight).contiguous(memory_format=fmt) if ctx.polyphase else None
         parts = []
         for i in range(0, grad.shape[0], ctx.step):
             g = grad[i:i + ctx.step]
             # The pool's backward and the conv's read only these tensors' shapes and layouts: empty shells.
             shell = torch.empty((g.shape[0], g.shape[1], ch, cw), dtype=g.dtype, device=g.device, memory_format=fmt)
-            pad = list(_tf_same_padding(ch, cw))
             gy = torch.ops.aten.max_pool2d_with_indices_backward(g, shell, [3, 3], [2, 2], pad, [1, 1], True,
                                                                  idx[i:i + ctx.step])
-            if ctx.polyphase:
-                parts.append(_polyphase_input_grad(gy, weight, (h, w)))
+            if kernel is not None:
+                parts.append(_polyphase_input_grad(gy, kernel, (h, w)))
             else:
                 xs = torch.empty((g.shape[0], weight.shape[1], h, w), dtype=g.dtype, device=g.device, memory_format=fmt)
                 parts.append(torch.ops.aten.convolution_backward(gy, xs, weight, None, [2, 2], [3, 3], [1, 1], False,
