@@ -10,7 +10,9 @@ forward + backward to the first image (frozen weights).
 * `TPUResNet.stem_conv`: "direct" (the 7x7 conv) or "width_im2col" (column taps unrolled);
 * `SingleConvBlock.small_map_nchw`: NCHW or channels_last for the 4x4/2x2 maps;
 * with ``--backward``, `TPUResNet.stem_input_grad`: "autograd" (plain autograd through the stem),
-  "native" (the loss-path stem with oneDNN's backward-data kernel) or "polyphase".
+  "native" (the loss-path stem with oneDNN's backward-data kernel) or "polyphase";
+* with ``--backward``, `SingleConvBlock.loss_input_grad`: "autograd" (oneDNN's backward-data kernel)
+  or "gemm" (one matrix product) for the input gradient of the small-map convs.
 
 The first variant is lowps before these paths existed. Also printed: each variant's largest
 difference from it (distances, or input gradients with ``--backward``): float32 rounding.
@@ -56,19 +58,25 @@ def main() -> None:
         assert xx.grad is not None
         return xx.grad
 
-    def variant(conv: str, nchw: bool, grad: str) -> Callable[[], torch.Tensor]:
+    def variant(conv: str, nchw: bool, grad: str, small_grad: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = conv, nchw, grad
+            SingleConvBlock.loss_input_grad = small_grad
             return call(metric)
         return run
 
-    settings = [("direct", True, "autograd"), ("direct", False, "autograd"), ("width_im2col", False, "autograd")]
+    settings = [("direct", True, "autograd", "autograd"), ("direct", False, "autograd", "autograd"),
+                ("width_im2col", False, "autograd", "autograd")]
     if a.backward:
-        settings += [("direct", False, "native"), ("direct", False, "polyphase"), ("width_im2col", False, "polyphase")]
+        settings += [("direct", False, "native", "autograd"), ("direct", False, "polyphase", "autograd"),
+                     ("width_im2col", False, "polyphase", "autograd"), ("direct", True, "polyphase", "autograd"),
+                     ("direct", True, "polyphase", "gemm"), ("width_im2col", False, "polyphase", "gemm")]
     variants: dict[str, Callable[[], torch.Tensor]] = {"lpips-alex": lambda: call(lambda u, v: alex(u, v, normalize=True))}
-    for conv, nchw, grad in settings:
+    for conv, nchw, grad, small_grad in settings:
         name = f"stem_conv={conv} small_maps={'nchw' if nchw else 'channels_last'}"
-        variants[name + (f" stem_input_grad={grad}" if a.backward else "")] = variant(conv, nchw, grad)
+        if a.backward:
+            name += f" stem_input_grad={grad} small_map_grad={small_grad}"
+        variants[name] = variant(conv, nchw, grad, small_grad)
     try:
         results = {k: f() for k, f in variants.items()}  # warm-up, and what to compare
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -79,16 +87,17 @@ def main() -> None:
                 times[k].append(time.perf_counter() - t)
     finally:
         TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = "auto", None, "auto"
+        SingleConvBlock.loss_input_grad = "auto"
     ref = results[list(variants)[1]]
     alex_t = statistics.median(times["lpips-alex"])
     what = "forward + backward" if a.backward else "inference"
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{a.size}x{a.size}, batch {a.batch}, {what}, {a.rounds} interleaved rounds")
-    print(f"{'variant':<82}{'ms':>8}{'x alex':>8}{'max diff':>10}")
+    print(f"{'variant':<104}{'ms':>8}{'x alex':>8}{'max diff':>10}")
     for k, ts in times.items():
         t = statistics.median(ts)
         diff = "" if k == "lpips-alex" else f"{float((results[k] - ref).abs().max() / ref.abs().max()):.1e}"
-        print(f"{k:<82}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
+        print(f"{k:<104}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
 
 
 if __name__ == "__main__":

@@ -343,6 +343,70 @@ def test_loss_stem_gradients_equal_autograd_through_the_plain_ops(mode, conv, si
     assert _close(gg_fast, gg_ref, rel=1e-9) and gg_ref.abs().max() > 0  # double backward (gradient penalties)
 
 
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64)])
+def test_loss_gemm_input_grad_equals_autograd(size):
+    # Merged blocks on small maps (_LossConvReLU: one matrix product + strided adds for the input
+    # gradient) against oneDNN/autograd, in float64, with double backward; which blocks take it depends
+    # on the map sizes (64x64: stage 4 only; 37x50: stage 4's 3x4 input).
+    model = _fused_resnet6()
+    x0 = torch.rand(3, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = x0.contiguous(memory_format=torch.channels_last)
+    out = {}
+    for mode in ("gemm", "autograd"):
+        for stage in model.stages:
+            stage[0].loss_input_grad = mode
+        x = x0.clone().requires_grad_()
+        feats = model.forward_stages(x)
+        if mode == "gemm":
+            assert type(feats[-1].grad_fn).__name__ == "_LossConvReLUBackward"
+        loss = sum((f / (f.norm(dim=1, keepdim=True) + 1e-3)).square().mean() for f in feats)
+        g, = torch.autograd.grad(loss, x, create_graph=True)
+        gg, = torch.autograd.grad((g * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g)).sum(), x)
+        out[mode] = ([f.detach() for f in feats], g.detach(), gg)
+    (f_fast, g_fast, gg_fast), (f_ref, g_ref, gg_ref) = out["gemm"], out["autograd"]
+    assert all(_close(a, b, rel=1e-12) for a, b in zip(f_fast, f_ref))
+    assert _close(g_fast, g_ref, rel=1e-9) and g_ref.abs().max() > 0
+    assert _close(gg_fast, gg_ref, rel=1e-9) and gg_ref.abs().max() > 0
+
+
+@pytest.mark.parametrize("k, stride, padding, size", [(3, 2, 1, (4, 4)), (3, 2, 1, (5, 7)), (3, 1, 1, (3, 3)),
+                                                      (3, 2, 1, (1, 1)), (1, 2, 0, (6, 5)), (5, 3, 2, (7, 4))])
+def test_gemm_input_grad_equals_the_conv_gradient(k, stride, padding, size):
+    from lowps.backbones.resnet_tpu import _gemm_input_grad
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, *size, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(6, 4, k, k, dtype=torch.float64, generator=gen)
+    y = F.conv2d(x, w, None, stride, padding)
+    g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    ref, = torch.autograd.grad(y, x, g)
+    got = _gemm_input_grad(g, w, size, stride, padding)
+    assert got.shape == ref.shape and _close(got, ref, rel=1e-12) and ref.abs().max() > 0
+
+
+def test_loss_gemm_input_grad_gating_and_float32():
+    model = _fused_resnet6(torch.float32)
+    last = model.stages[-1][0]
+    x = torch.rand(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    feats_in = torch.rand(4, 256, 4, 4).contiguous(memory_format=torch.channels_last)
+    last.loss_input_grad = "gemm"
+    assert not last._gemm_grad_applies(feats_in)  # no gradient wanted
+    assert last._gemm_grad_applies(feats_in.clone().requires_grad_())
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not last._gemm_grad_applies(feats_in.clone().requires_grad_())
+    assert not model.stages[0][0]._gemm_grad_applies(torch.rand(1, 64, 16, 16, requires_grad=True))  # large map
+    grads = {}
+    for mode in ("gemm", "autograd"):
+        last.loss_input_grad = mode
+        xx = x.clone().requires_grad_()
+        model.forward_stages(xx)[-1].sum().backward()
+        grads[mode] = xx.grad
+    # float32: another summation order; a ReLU kink may flip, so compare in norm
+    assert (grads["gemm"] - grads["autograd"]).norm() <= 1e-4 * grads["autograd"].norm()
+    last.loss_input_grad = "bogus"
+    with pytest.raises(ValueError, match="loss_input_grad"):
+        model.forward_stages(x.clone().requires_grad_())
+
+
 def test_loss_stem_applies_only_where_it_is_exact_and_float32_agrees():
     model = _fused_resnet6(torch.float32)
     x = torch.rand(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)

@@ -173,7 +173,7 @@ class _LossStem(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         out, idx, weight = ctx.saved_tensors
-        grad = grad * (out > 0)  # the ReLU's mask (differentiable in grad, so double backward works)
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)  # the ReLU's mask, one pass (differentiable in grad)
         (h, w), (ch, cw) = ctx.size, ctx.conv_hw
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         pad = list(_tf_same_padding(ch, cw))
@@ -192,6 +192,52 @@ class _LossStem(torch.autograd.Function):
                 parts.append(torch.ops.aten.convolution_backward(gy, xs, weight, None, [2, 2], [3, 3], [1, 1], False,
                                                                  [0, 0], 1, [True, False, False])[0])
         return (torch.cat(parts) if len(parts) > 1 else parts[0]), None, None, None, None, None
+
+
+def _gemm_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], stride: int,
+                     padding: int) -> torch.Tensor:
+    """Input gradient of ``conv2d(x, weight, stride=stride, padding=padding)`` (``x`` of spatial ``size``,
+    square kernel, no groups or dilation) as one matrix product and k x k strided adds.
+
+    The product ``grad (N Ho Wo, C_out) @ weight (C_out, k k C_in)`` gives every output position's
+    contribution to the k x k input window it read; window tap (i, j) of position (a, b) lands on padded
+    input pixel (s a + i, s b + j), so folding is one strided add per tap. Same multiply-adds as the
+    forward conv. For ResNet-6's last conv at 64x64 input (4x4 -> 2x2, 512 channels) oneDNN's AVX-512
+    backward-data kernel is ~2.3x slower than this (benchmarks/bench_kernels.py): on a map that small it
+    is latency-bound, while one (128 x 512) @ (512 x 2304) product is not.
+    """
+    n, c_out, ho, wo = grad.shape
+    c_in, k = weight.shape[1], weight.shape[-1]
+    h, w = size
+    cols = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c_out) @ weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+    cols = cols.view(n, ho, wo, k, k, c_in)
+    hp, wp = max(stride * (ho - 1) + k, h + padding), max(stride * (wo - 1) + k, w + padding)
+    dxp = grad.new_zeros((n, hp, wp, c_in))
+    for i in range(k):
+        for j in range(k):
+            dxp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += cols[:, :, :, i, j]
+    return dxp[:, padding:padding + h, padding:padding + w].permute(0, 3, 1, 2)
+
+
+class _LossConvReLU(torch.autograd.Function):
+    """``relu(conv2d(x, weight, bias))`` of a merged single-conv block for a tracked input with frozen
+    weights, whose input gradient is `_gemm_input_grad`. Keeps only the output (the ReLU's mask; a
+    feature the head reads anyway), as autograd does. Double backward works: backward is made of
+    differentiable ops of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, block: SingleConvBlock) -> torch.Tensor:
+        y = block._conv(x).relu_()
+        conv = block.conv1
+        ctx.save_for_backward(y, conv.weight)
+        ctx.size, ctx.stride, ctx.padding = tuple(x.shape[-2:]), int(conv.stride[0]), int(conv.padding[0])
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        y, weight = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)  # the ReLU's mask, one pass
+        return _gemm_input_grad(grad, weight, ctx.size, ctx.stride, ctx.padding), None
 
 
 def _is_fake(t: torch.Tensor) -> bool:
@@ -235,15 +281,49 @@ class SingleConvBlock(nn.Module):
     #: ... if ``small_map_nchw`` says so: ``None`` (default) on AVX-512 CPUs only, or True/False.
     small_map_nchw: bool | None = None
 
+    #: On the loss path (a tracked input, frozen weights, CPU), merged blocks whose input map has at most
+    #: this many pixels compute their input gradient as one matrix product (`_gemm_input_grad`) ...
+    gemm_grad_pixels: int = 16
+    #: ... if ``loss_input_grad`` says so: ``"gemm"``, ``"autograd"`` (oneDNN's backward-data kernel
+    #: through plain autograd) or ``"auto"``: gemm on AVX-512 CPUs, where oneDNN's kernel is ~2.3x slower
+    #: on ResNet-6's 4x4 -> 2x2 conv; autograd elsewhere (on AVX2 CPUs the product measured no faster in
+    #: the step). Same gradients up to float rounding (tests/test_backbones.py).
+    loss_input_grad: str = "auto"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut is None:  # merged into conv1 (merge_shortcut)
-            if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels \
-                    and not self.conv1.weight.requires_grad \
-                    and (_native_avx512() if self.small_map_nchw is None else self.small_map_nchw):
-                return self._conv_small_map(x).relu_()
-            return self.conv1(x).relu_()
+            if self._gemm_grad_applies(x):
+                return cast(torch.Tensor, _LossConvReLU.apply(x, self))
+            return self._conv(x).relu_()
         y = self.bn1(self.conv1(x))
         return y.add_(self.shortcut(x)).relu_()  # in place: neither op's backward needs this buffer
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The merged block's conv (no ReLU): NCHW for small maps on CPUs where that is faster."""
+        if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels \
+                and not self.conv1.weight.requires_grad \
+                and (_native_avx512() if self.small_map_nchw is None else self.small_map_nchw):
+            return self._conv_small_map(x)
+        return self.conv1(x)
+
+    def _gemm_grad_applies(self, x: torch.Tensor) -> bool:
+        mode = self.loss_input_grad
+        if mode not in ("auto", "gemm", "autograd"):
+            raise ValueError(f"loss_input_grad={mode!r}: choose 'auto', 'gemm' or 'autograd'")
+        conv = self.conv1
+        if mode == "autograd" or not (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" \
+                or x.shape[-2] * x.shape[-1] > self.gemm_grad_pixels or x.shape[0] == 0:
+            return False
+        if mode == "auto" and not _native_avx512():
+            return False
+        return (not conv.weight.requires_grad and not (conv.bias is not None and conv.bias.requires_grad)
+                and x.dtype in (torch.float32, torch.float64) and conv.weight.dtype == x.dtype
+                and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+                and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
+                and conv.padding[0] == conv.padding[1]
+                and not torch.is_autocast_enabled(x.device.type)
+                and not torch._C._are_functorch_transforms_active()  # torch.func: plain ops
+                and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _is_fake(conv.weight)))
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
@@ -440,10 +520,10 @@ class TPUResNet(nn.Module):
     stem_chunk_pixels: int = 2 ** 16
 
     #: The stem's input gradient on the loss path (a tracked input, frozen weights; ``_LossStem``):
-    #: ``"polyphase"`` (one forward conv; 1.5x faster than oneDNN's backward-data kernel on AVX2 CPUs),
+    #: ``"polyphase"`` (`_polyphase_input_grad`: one forward conv and four strided adds),
     #: ``"native"`` (that kernel, without keeping the conv output), ``"autograd"`` (plain autograd
-    #: through the ops) or ``"auto"``: polyphase on CPUs without AVX-512, autograd elsewhere (AVX-512
-    #: CPUs and GPUs, where the other forms are not measured faster). Same gradients up to rounding;
+    #: through the ops) or ``"auto"``: polyphase on CPUs (2.6x faster than oneDNN's kernel on an AVX-512
+    #: Xeon, 2.4x on an AVX2 EPYC), autograd on GPUs (not measured there). Same gradients up to rounding;
     #: ``benchmarks/bench_variants.py --backward`` times them on your machine.
     stem_input_grad: str = "auto"
     #: How the fused stem's conv runs outside autograd and on the loss path: ``"direct"`` (the 7x7
@@ -477,7 +557,7 @@ class TPUResNet(nn.Module):
             raise ValueError(f"stem_conv={conv_mode!r}: choose 'auto', 'direct' or 'width_im2col'")
         avx2 = x.device.type == "cpu" and not _native_avx512()
         if grad_mode == "auto":
-            grad_mode = "polyphase" if avx2 else "autograd"
+            grad_mode = "polyphase" if x.device.type == "cpu" else "autograd"
         if conv_mode == "auto":
             conv_mode = "width_im2col" if avx2 else "direct"
         return grad_mode, conv_mode
