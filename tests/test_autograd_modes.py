@@ -1,5 +1,5 @@
-"""One metric object works in every autograd mode, in any order (inference_mode, no_grad, grad, autocast,
-low precision, after .to()/deepcopy/pickle, from several threads at once).
+"""One metric object works in every autograd mode, in any order (inference_mode, no_grad, grad, forward-mode
+AD, autocast, low precision, after .to()/deepcopy/pickle, from several threads at once).
 
 Whatever a metric precomputes for speed (ResNet-6's NCHW weight copies) must never be an inference
 tensor that a later autograd call touches. Values are compared with rtol 1e-4: the calls run the same
@@ -60,6 +60,27 @@ def _sequence(fn, x, y):
 def test_module_any_order_of_modes(backbone, head):
     x, y = pair(2, size=KINDS[backbone][1])
     _sequence(_metric(backbone, head), x, y)
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("tracked", [False, True])
+def test_forward_mode_ad_agrees_with_backward(head, tracked):
+    # torch.autograd.forward_ad (dual tensors), also on a tensor that requires grad (the loss path's
+    # custom Functions have no forward derivative, so they must stand aside), and torch.func.jvp:
+    # the directional derivative equals the gradient's dot product with the tangent. Two AD modes in
+    # float32 sum in different orders, so they agree to ~1e-5 relative; 1e-3 catches a missing term.
+    import torch.autograd.forward_ad as fwad
+    metric = _metric("resnet6", head)
+    x, y = pair(2, seed=3)
+    t = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    _, g = _grad_call(metric, x, y)
+    want = (g * t).flatten(1).sum(1)
+    with fwad.dual_level():
+        dual = fwad.make_dual(x.clone().requires_grad_(tracked), t)
+        jvp = fwad.unpack_dual(metric(dual, y)).tangent
+    torch.testing.assert_close(jvp.detach(), want, rtol=1e-3, atol=1e-9)
+    _, jvp2 = torch.func.jvp(lambda a: metric(a, y), (x,), (t,))
+    torch.testing.assert_close(jvp2, want, rtol=1e-3, atol=1e-9)
 
 
 @pytest.mark.parametrize("head", HEADS)

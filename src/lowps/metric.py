@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import nn
 
 from .backbones import Backbone
@@ -25,6 +26,12 @@ def _graph_mode() -> bool:
     """Tracing or compiling (torch.export, torch.compile, torch.jit.trace, ONNX): take the one-graph path,
     free of batch-size-dependent Python (chunk loops, sub-batches), so the graph is right for any batch."""
     return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+def forward_ad_active() -> bool:
+    """Inside a ``torch.autograd.forward_ad.dual_level()``: dual tensors may flow, so only ops with
+    forward-mode derivatives may run (no out= ops, no custom autograd Functions without a jvp)."""
+    return _fwad._current_level >= 0
 
 
 def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:
@@ -233,7 +240,8 @@ class PerceptualDistance(nn.Module):
         """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
         fmt = torch.channels_last if self.backbone.kind != "cls" else torch.contiguous_format
-        if _graph_mode() or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):  # out= has no autograd
+        # out= has no autograd and no forward-mode AD (dual tensors: torch.autograd.forward_ad)
+        if _graph_mode() or forward_ad_active() or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):
             x = xs[0] if len(xs) == 1 else torch.cat(list(xs))
             return (x * self._scale + self._shift).to(dtype=dtype, memory_format=fmt)
         # One pass per batch writing straight into the trunk's input (no cat/scale/shift/cast temporaries).

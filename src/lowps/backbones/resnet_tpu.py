@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.autograd.forward_ad as _fwad
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -240,6 +241,13 @@ class _LossConvReLU(torch.autograd.Function):
         return _gemm_input_grad(grad, weight, ctx.size, ctx.stride, ctx.padding), None
 
 
+def _plain_ops_only() -> bool:
+    """Where the custom autograd Functions below must not run: torch.func transforms, forward-mode AD
+    (neither has their derivatives) and tracing/compiling (one graph of plain ops)."""
+    return bool(torch._C._are_functorch_transforms_active() or _fwad._current_level >= 0
+                or torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
 def _is_fake(t: torch.Tensor) -> bool:
     """A tensor without storage (FakeTensor/FunctionalTensor under torch.export): no data pointer to key on."""
     try:
@@ -322,8 +330,7 @@ class SingleConvBlock(nn.Module):
                 and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
                 and conv.padding[0] == conv.padding[1]
                 and not torch.is_autocast_enabled(x.device.type)
-                and not torch._C._are_functorch_transforms_active()  # torch.func: plain ops
-                and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _is_fake(conv.weight)))
+                and not _plain_ops_only() and not _is_fake(conv.weight))
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
@@ -541,8 +548,7 @@ class TPUResNet(nn.Module):
                 and tuple(conv.kernel_size) == (7, 7) and tuple(conv.stride) == (2, 2)
                 and tuple(conv.padding) == (3, 3) and conv.groups == 1
                 and not torch.is_autocast_enabled(x.device.type)
-                and not torch._C._are_functorch_transforms_active()  # torch.func: plain ops
-                and not (torch.compiler.is_compiling() or torch.jit.is_tracing()))
+                and not _plain_ops_only())
 
     def _loss_stem_applies(self, x: torch.Tensor, fused: bool | None = None) -> bool:
         """A tracked input through the fused float stem (``fused``: `_fused_float_stem`, if known)."""
