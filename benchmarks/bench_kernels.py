@@ -13,7 +13,9 @@ Times, in interleaved rounds (medians, ms per call), the alternatives lowps chos
   NCHW conv with a channels_last pool, space-to-depth (a 4x4 conv over 12 channels), and a
   width-im2col (21 channels, a 7x1 conv);
 * the 3x3 convs on ResNet-6's small late maps at 64x64 input (stages 3 and 4), channels_last
-  against NCHW (`SingleConvBlock.small_map_nchw`).
+  against NCHW (`SingleConvBlock.small_map_nchw`), and their input gradients: oneDNN's
+  backward-data kernel (channels_last and NCHW) against one matrix product plus nine strided adds
+  (`lowps.backbones.resnet_tpu._gemm_input_grad`, `SingleConvBlock.loss_input_grad`).
 
 Each alternative's largest difference from the first of its group is printed (float rounding).
 """
@@ -31,7 +33,12 @@ import torch.nn.functional as F
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_distance import cpu_name  # noqa: E402
 
-from lowps.backbones.resnet_tpu import _polyphase_input_grad, _polyphase_kernel, _width_im2col_conv  # noqa: E402
+from lowps.backbones.resnet_tpu import (  # noqa: E402
+    _gemm_input_grad,
+    _polyphase_input_grad,
+    _polyphase_kernel,
+    _width_im2col_conv,
+)
 
 CL = torch.channels_last
 
@@ -126,6 +133,18 @@ def main() -> None:
         groups[f"{name} conv 3x3/2, {n} images"] = {
             "channels_last": (lambda xx, ww: lambda: F.conv2d(xx, ww, None, 2, 1))(xsc, wsc),
             "NCHW": (lambda xx, ww: lambda: F.conv2d(xx, ww, None, 2, 1))(xs, ws),
+        }
+        gs = torch.randn(n, cout, hw // 2, hw // 2, generator=g)
+        gsc = gs.contiguous(memory_format=CL)
+
+        def bwd(gg: torch.Tensor, xx: torch.Tensor, ww: torch.Tensor) -> Callable[[], torch.Tensor]:
+            return lambda: torch.ops.aten.convolution_backward(gg, xx, ww, None, [2, 2], [1, 1], [1, 1], False,
+                                                               [0, 0], 1, [True, False, False])[0]
+        groups[f"{name} input gradient, {n} images"] = {
+            "oneDNN backward-data, channels_last": bwd(gsc, xsc, wsc),
+            "oneDNN backward-data, NCHW": bwd(gs, xs, ws),
+            "matrix product + 9 strided adds": (lambda gg, ww, sz: lambda: _gemm_input_grad(gg, ww, sz, 2, 1))(
+                gsc, ws, (hw, hw)),
         }
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {a.rounds} interleaved rounds")
     with torch.no_grad():

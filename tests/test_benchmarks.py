@@ -90,8 +90,9 @@ def test_bench_kernels_tiny_run_alternatives_agree():
                         "32", "--rounds", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.strip().endswith(tuple("0123456789")) and " ms " in line]
-    assert len(rows) == 14
+    assert len(rows) == 20
     assert any("row polyphase" in row for row in rows) and any("2-D polyphase" in row for row in rows)
+    assert sum("9 strided adds" in row for row in rows) == 2
     assert all(float(row.split()[-1]) < 1e-4 for row in rows)  # the same values, to float rounding
 
 
