@@ -268,6 +268,16 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
     assert forced.precision == "bf16" and next(forced.backbone.parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False), (True, False, False), (True, True, True)])
+def test_native_bf16_on_cpu_means_amx(monkeypatch, avx512_bf16, amx, native):
+    # AVX-512 BF16 alone measured slower than fp32 (docs/performance.md, bf16 on CPUs): only AMX counts
+    import lowps.metric as lm
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert lm.native_low_precision("bf16", "cpu") is native
+    assert lm.native_low_precision("fp32", "cpu") and lm.native_low_precision("bf16", "cuda")
+
+
 def test_bf16_kept_where_native(monkeypatch):
     import lowps.metric as lm
     monkeypatch.setattr(lm, "native_low_precision", lambda precision, device="cpu": True)

@@ -35,15 +35,17 @@ def forward_ad_active() -> bool:
 
 
 def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` runs ``precision`` convolutions natively (fast): always on GPUs; on CPUs
-    bf16 needs AVX-512 BF16 or AMX, fp16 needs AMX-FP16. Without them oneDNN emulates the low
-    precision and a bf16 trunk is 4-11x *slower* than fp32 (measured on an AVX2-only CPU)."""
+    """Whether ``device`` runs ``precision`` convolutions faster than fp32: always on GPUs; on CPUs
+    bf16 needs AMX (tiles), fp16 AMX-FP16. Without AMX a bf16 trunk is slower than fp32: emulated on
+    AVX2-only CPUs (4-11x slower), and with AVX-512 BF16 alone oneDNN's bf16 convolutions measured
+    0.6x fp32's throughput (an Intel Xeon VM without AMX: the default metric 1.3x slower in bf16 at
+    64x64/32; docs/performance.md), against 8x with AMX."""
     device = torch.device(device)
     if precision == "fp32" or device.type != "cpu":
         return True
     cpu = torch.cpu
     if precision == "bf16":
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool(cpu._is_amx_tile_supported())
     return bool(cpu._is_amx_fp16_supported())
 
 
@@ -72,7 +74,7 @@ class PerceptualDistance(nn.Module):
             ``"ones"`` for the untrained start (equal to ``local``). Required for ``"linear"``.
         precision: ``"fp32"`` (default, exact), or ``"bf16"`` / ``"fp16"`` to run the backbone in
             that dtype while input normalisation and the distance heads stay float32. bf16 is
-            faster only where the hardware has it (GPUs; CPUs with AVX-512 BF16 or AMX): on other
+            faster only where the hardware has it (GPUs; CPUs with AMX): on other
             CPUs lowps warns once and runs fp32 (``self.precision`` says what runs), unless
             ``force_precision=True``. Distances move by a few percent (bounded in
             ``tests/test_metric.py``), so keep one precision within one experiment.
@@ -176,8 +178,8 @@ class PerceptualDistance(nn.Module):
         eff = req if self.force_precision or native_low_precision(req, dev) else "fp32"
         if eff != req and req not in _WARNED:
             _WARNED.add(req)
-            warnings.warn(f"precision={req!r}: this CPU has no native {req} (AVX-512 BF16/AMX), where a {req} trunk "
-                          f"runs several times slower than fp32; running fp32 instead. Pass force_precision=True "
+            warnings.warn(f"precision={req!r}: this CPU has no native {req} convolutions (AMX), where a {req} trunk "
+                          f"runs slower than fp32; running fp32 instead. Pass force_precision=True "
                           f"(CLI: --force-precision) to run {req} anyway.", RuntimeWarning, stacklevel=3)
         trunk_dtype = next(self.backbone.parameters()).dtype
         if trunk_dtype in (torch.float32, *(_PRECISIONS[p] for p in ("bf16", "fp16"))):
