@@ -1,6 +1,6 @@
 """lowps's switchable CPU fast paths, measured against each other and LPIPS-alex in one run.
 
-    python benchmarks/bench_variants.py [--backward] [--size 64] [--batch 32] [--rounds 12]
+    python benchmarks/bench_variants.py [--backward] [--size 64] [--batch 32] [--rounds 12] [--profile CALLS]
 
 The default metric (`PerceptualDistance()`) under each combination below, timed in interleaved
 rounds (medians) with LPIPS-alex (random trunk) in the same rounds. Without ``--backward``: one
@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--profile", type=int, default=0, metavar="CALLS",
+                   help="instead of the variants: torch.profiler's per-op table of CALLS calls of the default metric")
     a = p.parse_args()
     import lpips
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -57,6 +59,19 @@ def main() -> None:
         fn(xx, y).sum().backward()
         assert xx.grad is not None
         return xx.grad
+
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+        for _ in range(3):
+            call(metric)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(a.profile):
+                call(metric)
+        what = "forward + backward" if a.backward else "inference"
+        print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {a.size}x{a.size}, "
+              f"batch {a.batch}, {what}, the default metric, {a.profile} calls (times are totals over them)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=44))
+        return
 
     def variant(conv: str, nchw: bool, grad: str, small_grad: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:

@@ -38,8 +38,8 @@ def native_low_precision(precision: str, device: torch.device | str = "cpu") -> 
     """Whether ``device`` runs ``precision`` convolutions faster than fp32: always on GPUs; on CPUs
     bf16 needs AMX (tiles), fp16 AMX-FP16. Without AMX a bf16 trunk is slower than fp32: emulated on
     AVX2-only CPUs (4-11x slower), and with AVX-512 BF16 alone oneDNN's bf16 convolutions measured
-    0.6x fp32's throughput (an Intel Xeon VM without AMX: the default metric 1.3x slower in bf16 at
-    64x64/32; docs/performance.md), against 8x with AMX."""
+    0.6x fp32's throughput (an Intel Xeon VM without AMX: the default metric at 0.74x its fp32 speed in
+    bf16 at 64x64/32; docs/performance.md), against 8x with AMX."""
     device = torch.device(device)
     if precision == "fp32" or device.type != "cpu":
         return True
