@@ -343,11 +343,12 @@ def test_loss_stem_gradients_equal_autograd_through_the_plain_ops(mode, conv, si
     assert _close(gg_fast, gg_ref, rel=1e-9) and gg_ref.abs().max() > 0  # double backward (gradient penalties)
 
 
-@pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64)])
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64), (16, 16), (17, 23)])
 def test_loss_gemm_input_grad_equals_autograd(size):
     # Merged blocks on small maps (_LossConvReLU: one matrix product + strided adds for the input
     # gradient) against oneDNN/autograd, in float64, with double backward; which blocks take it depends
-    # on the map sizes (64x64: stage 4 only; 37x50: stage 4's 3x4 input).
+    # on the map sizes (64x64: stage 4 only; 37x50: stage 4's 3x4 input; 16x16, the smallest input:
+    # stages 2-4, down to a 1x1 map).
     model = _fused_resnet6()
     x0 = torch.rand(3, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     x0 = x0.contiguous(memory_format=torch.channels_last)
