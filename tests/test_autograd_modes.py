@@ -1,5 +1,6 @@
 """One metric object works in every autograd mode, in any order (inference_mode, no_grad, grad, forward-mode
-AD, autocast, low precision, after .to()/deepcopy/pickle, from several threads at once).
+AD, torch.func transforms and batched backwards, autocast, low precision, after .to()/deepcopy/pickle, from
+several threads at once).
 
 Whatever a metric precomputes for speed (ResNet-6's NCHW weight copies) must never be an inference
 tensor that a later autograd call touches. Values are compared with rtol 1e-4: the calls run the same
@@ -81,6 +82,51 @@ def test_forward_mode_ad_agrees_with_backward(head, tracked):
     torch.testing.assert_close(jvp.detach(), want, rtol=1e-3, atol=1e-9)
     _, jvp2 = torch.func.jvp(lambda a: metric(a, y), (x,), (t,))
     torch.testing.assert_close(jvp2, want, rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_double_backward_and_checkpoint(head):
+    # A gradient penalty (create_graph=True, then backward through the gradient) and
+    # torch.utils.checkpoint through the metric: the checkpointed gradient equals the plain one (same
+    # kernels recomputed); the penalty's gradient equals torch.func's grad-of-grad.
+    from torch.utils.checkpoint import checkpoint
+    metric = _metric("resnet6", head)
+    x, y = pair(2, seed=6)
+    d, g = _grad_call(metric, x, y)
+    xc = x.clone().requires_grad_()
+    checkpoint(lambda a: metric(a, y), xc, use_reentrant=False).sum().backward()
+    torch.testing.assert_close(xc.grad, g, rtol=RTOL, atol=1e-8)
+    xx = x.clone().requires_grad_()
+    gx, = torch.autograd.grad(metric(xx, y).sum(), xx, create_graph=True)
+    gx.square().sum().backward()
+    want = torch.func.grad(lambda a: torch.func.grad(lambda b: metric(b, y).sum())(a).square().sum())(x)
+    assert xx.grad.abs().max() > 0
+    torch.testing.assert_close(xx.grad, want, rtol=0, atol=1e-4 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("head", ["meanpool", "local"])
+def test_torch_func_and_batched_backward_transforms(head):
+    # vmap over pairs, jacfwd/jacrev, a vectorized jacobian (legacy vmap over the backward) and
+    # is_grads_batched all give what the plain calls give; at 32x32 the loss-path Functions (polyphase
+    # stem, small-map products) sit in the graph whose backward is vmapped. Same float32 sums in other
+    # kernels: agreement to ~1e-6 of the largest entry, 1e-4 catches a wrong or missing term.
+    from lowps.inputs import InputError
+    metric = _metric("resnet6", head)
+    x, y = pair(2, size=32, seed=5)
+    d = metric(x, y)
+    torch.testing.assert_close(torch.func.vmap(lambda a, b: metric(a[None], b[None])[0])(x, y), d,
+                               rtol=RTOL, atol=ATOL)
+    jac_loop = torch.autograd.functional.jacobian(lambda a: metric(a, y), x)
+    tol = {"rtol": 0, "atol": 1e-4 * float(jac_loop.abs().max())}
+    assert jac_loop.abs().max() > 0
+    for jac in (torch.func.jacrev(lambda a: metric(a, y))(x), torch.func.jacfwd(lambda a: metric(a, y))(x),
+                torch.autograd.functional.jacobian(lambda a: metric(a, y), x, vectorize=True)):
+        torch.testing.assert_close(jac, jac_loop, **tol)
+    xx = x.clone().requires_grad_()
+    g, = torch.autograd.grad(metric(xx, y), xx, torch.eye(2), is_grads_batched=True)
+    torch.testing.assert_close(g, torch.stack([jac_loop[i] for i in range(2)]), **tol)
+    with pytest.raises(InputError, match="outside the declared input_range"):  # values are checked under vmap too
+        torch.func.vmap(lambda a, b: metric(a[None], b[None])[0])(x * 255, y)
 
 
 @pytest.mark.parametrize("head", HEADS)

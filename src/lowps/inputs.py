@@ -173,6 +173,18 @@ def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> 
 OVERSHOOT = 0.1
 
 
+def _values_of(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values as a plain tensor: detached, and under torch.func transforms (vmap, jacfwd, grad)
+    unwrapped from their batched/grad-tracking wrappers, whose values cannot be read (``.item()``)
+    inside the transform. The unwrapped tensor holds every vmapped sample, so all are checked."""
+    x = x.detach()
+    if torch._C._are_functorch_transforms_active():
+        f = torch._C._functorch
+        while f.is_functorch_wrapped_tensor(x) or f.is_batchedtensor(x):
+            x = f.get_unwrapped(x)
+    return x
+
+
 def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input") -> None:
     """Raise if ``x`` holds NaN/inf or values outside ``input_range`` by more than `OVERSHOOT`.
 
@@ -184,11 +196,12 @@ def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "
         return
     lo, hi = input_range
     slack = (OVERSHOOT + 1e-6) * (hi - lo)  # + float32 rounding of the bounds themselves
+    x = _values_of(x)
     with torch.no_grad():
-        xmin, xmax = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates into min/max
+        xmin, xmax = (float(v) for v in torch.aminmax(x))  # NaN propagates into min/max
     if lo - slack <= xmin and xmax <= hi + slack:
         return
-    if not bool(torch.isfinite(x.detach()).all()):
+    if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} contains NaN or inf values")
     hint = ""
     if (lo, hi) == (0.0, 1.0) and -1.1 <= xmin <= -0.5 and xmax <= 1.1:

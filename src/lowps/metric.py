@@ -241,9 +241,12 @@ class PerceptualDistance(nn.Module):
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
-        fmt = torch.channels_last if self.backbone.kind != "cls" else torch.contiguous_format
-        # out= has no autograd and no forward-mode AD (dual tensors: torch.autograd.forward_ad)
-        if _graph_mode() or forward_ad_active() or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):
+        functorch = torch._C._are_functorch_transforms_active()  # torch.func (vmap, jacfwd, grad, ...)
+        # vmap has no channels_last for its batched (one dim higher) tensors: NCHW under torch.func
+        fmt = torch.channels_last if self.backbone.kind != "cls" and not functorch else torch.contiguous_format
+        # out= has no autograd, no forward-mode AD (dual tensors: torch.autograd.forward_ad) and no vmap rule
+        if _graph_mode() or forward_ad_active() or functorch \
+                or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):
             x = xs[0] if len(xs) == 1 else torch.cat(list(xs))
             return (x * self._scale + self._shift).to(dtype=dtype, memory_format=fmt)
         # One pass per batch writing straight into the trunk's input (no cat/scale/shift/cast temporaries).

@@ -176,8 +176,12 @@ class _LossStem(torch.autograd.Function):
         out, idx, weight = ctx.saved_tensors
         grad = torch.ops.aten.threshold_backward(grad, out, 0)  # the ReLU's mask, one pass (differentiable in grad)
         (h, w), (ch, cw) = ctx.size, ctx.conv_hw
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         pad = list(_tf_same_padding(ch, cw))
+        if _batched(grad):  # a vmapped backward: the whole batch through ops with batching rules
+            shell = torch.empty((out.shape[0], out.shape[1], ch, cw), dtype=out.dtype, device=out.device)
+            gy = torch.ops.aten.max_pool2d_with_indices_backward(grad, shell, [3, 3], [2, 2], pad, [1, 1], True, idx)
+            return _transposed_conv_grad(gy, weight, (h, w), 2, 3), None, None, None, None, None
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         kernel = _polyphase_kernel(weight).contiguous(memory_format=fmt) if ctx.polyphase else None
         parts = []
         for i in range(0, grad.shape[0], ctx.step):
@@ -238,7 +242,25 @@ class _LossConvReLU(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y, weight = ctx.saved_tensors
         grad = torch.ops.aten.threshold_backward(grad, y, 0)  # the ReLU's mask, one pass
-        return _gemm_input_grad(grad, weight, ctx.size, ctx.stride, ctx.padding), None
+        grad_in = _transposed_conv_grad if _batched(grad) else _gemm_input_grad  # vmapped backward: batching rules
+        return grad_in(grad, weight, ctx.size, ctx.stride, ctx.padding), None
+
+
+def _batched(t: torch.Tensor) -> bool:
+    """A tensor of a vmap over a backward (``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(..., vectorize=True)``): only ops with batching rules apply,
+    and its memory format cannot be queried."""
+    f = torch._C._functorch
+    return bool(f.is_batchedtensor(t) or f.is_legacy_batchedtensor(t) or f.is_functorch_wrapped_tensor(t))
+
+
+def _transposed_conv_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], stride: int,
+                          padding: int) -> torch.Tensor:
+    """The input gradient of a square conv as ``conv_transpose2d``: plain ops with batching rules, for
+    vmapped backwards (`_batched`)."""
+    k = weight.shape[-1]
+    extra = [size[i] + 2 * padding - k - (grad.shape[2 + i] - 1) * stride for i in range(2)]
+    return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding=tuple(extra))
 
 
 def _plain_ops_only() -> bool:
@@ -605,7 +627,8 @@ class TPUResNet(nn.Module):
         pad_top, pad_bottom = i0 - (2 * r0 - 3), (2 * r1 + 3) - i1
         if pad_top or pad_bottom:  # the conv's zero padding, only where the band meets the border
             band = F.pad(band, (0, 0, pad_top, pad_bottom))
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        fmt = torch.channels_last if not _batched(x) and x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
         conv = self.conv1
         y = self.bn1(F.conv2d(band.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride,
                               (0, int(conv.padding[1]))))
