@@ -1,4 +1,6 @@
 """Properties every head must have, on the real ResNet-6 trunk (random weights: fast, deterministic)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -256,7 +258,7 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
     monkeypatch.setattr(lm, "native_low_precision", lambda precision, device="cpu": precision == "fp32")
     monkeypatch.setattr(lm, "_WARNED", set())
     x, y = pair(2)
-    with pytest.warns(RuntimeWarning, match="no native bf16"):
+    with pytest.warns(RuntimeWarning, match="no fast native bf16"):
         m = lowps.PerceptualDistance(weights="random", precision="bf16")
     assert m.precision == "fp32" and m.requested_precision == "bf16"
     assert next(m.backbone.parameters()).dtype == torch.float32
@@ -268,14 +270,26 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
     assert forced.precision == "bf16" and next(forced.backbone.parameters()).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False), (True, False, False), (True, True, True)])
-def test_native_bf16_on_cpu_means_amx(monkeypatch, avx512_bf16, amx, native):
-    # AVX-512 BF16 alone measured slower than fp32 (docs/performance.md, bf16 on CPUs): only AMX counts
+@pytest.mark.parametrize("vendor, avx512_bf16, amx, native", [
+    ("GenuineIntel", False, False, False), ("GenuineIntel", True, False, False), ("GenuineIntel", True, True, True),
+    ("AuthenticAMD", True, False, True), ("AuthenticAMD", False, False, False), ("", True, False, True)])
+def test_native_bf16_on_cpu(monkeypatch, vendor, avx512_bf16, amx, native):
+    # measured (docs/performance.md): AVX-512 BF16 alone is slower than fp32 on an Intel Xeon without
+    # AMX, faster on an AMD EPYC; AMX is fast; AVX2 emulates
     import lowps.metric as lm
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(lm, "_cpu_vendor", lambda: vendor)
     assert lm.native_low_precision("bf16", "cpu") is native
     assert lm.native_low_precision("fp32", "cpu") and lm.native_low_precision("bf16", "cuda")
+
+
+def test_cpu_vendor_is_read():
+    import lowps.metric as lm
+    vendor = lm._cpu_vendor()
+    assert isinstance(vendor, str)
+    if Path("/proc/cpuinfo").is_file() and "vendor_id" in Path("/proc/cpuinfo").read_text():
+        assert vendor
 
 
 def test_bf16_kept_where_native(monkeypatch):

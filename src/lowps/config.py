@@ -67,8 +67,8 @@ class MetricConfig:
     head_weights: WeightsSpec = field(default=None, metadata=_cli(
         "linear head weights, a file or registry name, or 'ones' (for --distance linear)"))
     precision: str = field(default="fp32", metadata=_cli(
-        "backbone precision; bf16 is faster on GPUs and on CPUs with AMX (elsewhere lowps warns and "
-        "runs fp32), distances move by a few percent", choices=PRECISIONS))
+        "backbone precision; bf16 is faster on GPUs, CPUs with AMX and AMD CPUs with AVX-512 BF16 (elsewhere lowps "
+        "warns and runs fp32), distances move by a few percent", choices=PRECISIONS))
     force_precision: bool = field(default=False, metadata=_cli(
         "run --precision even on a CPU that only emulates it (slow)"))
     style_norm: str = field(default="hw", metadata=_cli(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -34,18 +35,34 @@ def forward_ad_active() -> bool:
     return _fwad._current_level >= 0
 
 
+@functools.cache
+def _cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...) from /proc/cpuinfo; "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` runs ``precision`` convolutions faster than fp32: always on GPUs; on CPUs
-    bf16 needs AMX (tiles), fp16 AMX-FP16. Without AMX a bf16 trunk is slower than fp32: emulated on
-    AVX2-only CPUs (4-11x slower), and with AVX-512 BF16 alone oneDNN's bf16 convolutions measured
-    0.6x fp32's throughput (an Intel Xeon VM without AMX: the default metric at 0.74x its fp32 speed in
-    bf16 at 64x64/32; docs/performance.md), against 8x with AMX."""
+    bf16 needs AMX, or AVX-512 BF16 on a non-Intel CPU; fp16 needs AMX-FP16. Measured
+    (docs/performance.md): AVX2-only CPUs emulate bf16 (4-11x slower than fp32); an AMD EPYC with
+    AVX-512 BF16 ran the default metric ~1.45x faster in bf16; an Intel Xeon with AVX-512 BF16 but
+    no AMX ran it at 0.74x its fp32 speed (bf16 convs at 0.6x fp32's throughput); with AMX bf16 convs
+    run at 8x fp32's."""
     device = torch.device(device)
     if precision == "fp32" or device.type != "cpu":
         return True
     cpu = torch.cpu
     if precision == "bf16":
-        return bool(cpu._is_amx_tile_supported())
+        if cpu._is_amx_tile_supported():
+            return True
+        return bool(cpu._is_avx512_bf16_supported()) and _cpu_vendor() != "GenuineIntel"
     return bool(cpu._is_amx_fp16_supported())
 
 
@@ -74,7 +91,7 @@ class PerceptualDistance(nn.Module):
             ``"ones"`` for the untrained start (equal to ``local``). Required for ``"linear"``.
         precision: ``"fp32"`` (default, exact), or ``"bf16"`` / ``"fp16"`` to run the backbone in
             that dtype while input normalisation and the distance heads stay float32. bf16 is
-            faster only where the hardware has it (GPUs; CPUs with AMX): on other
+            faster only where the hardware has it (GPUs; CPUs with AMX; AMD CPUs with AVX-512 BF16): on other
             CPUs lowps warns once and runs fp32 (``self.precision`` says what runs), unless
             ``force_precision=True``. Distances move by a few percent (bounded in
             ``tests/test_metric.py``), so keep one precision within one experiment.
@@ -178,7 +195,7 @@ class PerceptualDistance(nn.Module):
         eff = req if self.force_precision or native_low_precision(req, dev) else "fp32"
         if eff != req and req not in _WARNED:
             _WARNED.add(req)
-            warnings.warn(f"precision={req!r}: this CPU has no native {req} convolutions (AMX), where a {req} trunk "
+            warnings.warn(f"precision={req!r}: this CPU has no fast native {req} convolutions, where a {req} trunk "
                           f"runs slower than fp32; running fp32 instead. Pass force_precision=True "
                           f"(CLI: --force-precision) to run {req} anyway.", RuntimeWarning, stacklevel=3)
         trunk_dtype = next(self.backbone.parameters()).dtype
