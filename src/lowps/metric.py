@@ -29,7 +29,7 @@ def _graph_mode() -> bool:
     return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
-def forward_ad_active() -> bool:
+def _forward_ad_active() -> bool:
     """Inside a ``torch.autograd.forward_ad.dual_level()``: dual tensors may flow, so only ops with
     forward-mode derivatives may run (no out= ops, no custom autograd Functions without a jvp)."""
     return _fwad._current_level >= 0
@@ -262,7 +262,7 @@ class PerceptualDistance(nn.Module):
         # vmap has no channels_last for its batched (one dim higher) tensors: NCHW under torch.func
         fmt = torch.channels_last if self.backbone.kind != "cls" and not functorch else torch.contiguous_format
         # out= has no autograd, no forward-mode AD (dual tensors: torch.autograd.forward_ad) and no vmap rule
-        if _graph_mode() or forward_ad_active() or functorch \
+        if _graph_mode() or _forward_ad_active() or functorch \
                 or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):
             x = xs[0] if len(xs) == 1 else torch.cat(list(xs))
             return (x * self._scale + self._shift).to(dtype=dtype, memory_format=fmt)
