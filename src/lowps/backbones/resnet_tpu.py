@@ -208,7 +208,7 @@ def _gemm_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, 
     contribution to the k x k input window it read; window tap (i, j) of position (a, b) lands on padded
     input pixel (s a + i, s b + j), so folding is one strided add per tap. Same multiply-adds as the
     forward conv. For ResNet-6's last conv at 64x64 input (4x4 -> 2x2, 512 channels) oneDNN's AVX-512
-    backward-data kernel is ~2.3x slower than this (benchmarks/bench_kernels.py): on a map that small it
+    backward-data kernel is ~2.1x slower than this (benchmarks/bench_kernels.py): on a map that small it
     is latency-bound, while one (128 x 512) @ (512 x 2304) product is not.
     """
     n, c_out, ho, wo = grad.shape
@@ -315,7 +315,7 @@ class SingleConvBlock(nn.Module):
     #: this many pixels compute their input gradient as one matrix product (`_gemm_input_grad`) ...
     gemm_grad_pixels: int = 16
     #: ... if ``loss_input_grad`` says so: ``"gemm"``, ``"autograd"`` (oneDNN's backward-data kernel
-    #: through plain autograd) or ``"auto"``: gemm on AVX-512 CPUs, where oneDNN's kernel is ~2.3x slower
+    #: through plain autograd) or ``"auto"``: gemm on AVX-512 CPUs, where oneDNN's kernel is ~2.1x slower
     #: on ResNet-6's 4x4 -> 2x2 conv; autograd elsewhere (on AVX2 CPUs the product measured no faster in
     #: the step). Same gradients up to float rounding (tests/test_backbones.py).
     loss_input_grad: str = "auto"
