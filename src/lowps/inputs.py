@@ -12,6 +12,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from ._modes import functorch_active
+
 __all__ = ["InputError", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
            "parse_input_range", "validate_batch", "affine_normalisation"]
 
@@ -178,7 +180,7 @@ def _values_of(x: torch.Tensor) -> torch.Tensor:
     unwrapped from their batched/grad-tracking wrappers, whose values cannot be read (``.item()``)
     inside the transform. The unwrapped tensor holds every vmapped sample, so all are checked."""
     x = x.detach()
-    if torch._C._are_functorch_transforms_active():
+    if functorch_active():
         f = torch._C._functorch
         while f.is_functorch_wrapped_tensor(x) or f.is_batchedtensor(x):
             x = f.get_unwrapped(x)

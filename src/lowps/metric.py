@@ -7,9 +7,9 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.autograd.forward_ad as _fwad
 from torch import nn
 
+from ._modes import forward_ad_active, functorch_active, graph_mode
 from .backbones import Backbone
 from .config import PRECISIONS, MetricConfig, WeightsSpec
 from .heads import Head, LinearHead, create_head
@@ -21,18 +21,6 @@ _PRECISIONS = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16
 
 
 _WARNED: set[str] = set()
-
-
-def _graph_mode() -> bool:
-    """Tracing or compiling (torch.export, torch.compile, torch.jit.trace, ONNX): take the one-graph path,
-    free of batch-size-dependent Python (chunk loops, sub-batches), so the graph is right for any batch."""
-    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
-
-
-def _forward_ad_active() -> bool:
-    """Inside a ``torch.autograd.forward_ad.dual_level()``: dual tensors may flow, so only ops with
-    forward-mode derivatives may run (no out= ops, no custom autograd Functions without a jvp)."""
-    return _fwad._current_level >= 0
 
 
 @functools.cache
@@ -258,11 +246,11 @@ class PerceptualDistance(nn.Module):
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
-        functorch = torch._C._are_functorch_transforms_active()  # torch.func (vmap, jacfwd, grad, ...)
+        functorch = functorch_active()  # torch.func (vmap, jacfwd, grad, ...)
         # vmap has no channels_last for its batched (one dim higher) tensors: NCHW under torch.func
         fmt = torch.channels_last if self.backbone.kind != "cls" and not functorch else torch.contiguous_format
         # out= has no autograd, no forward-mode AD (dual tensors: torch.autograd.forward_ad) and no vmap rule
-        if _graph_mode() or _forward_ad_active() or functorch \
+        if graph_mode() or forward_ad_active() or functorch \
                 or (torch.is_grad_enabled() and any(x.requires_grad for x in xs)):
             x = xs[0] if len(xs) == 1 else torch.cat(list(xs))
             return (x * self._scale + self._shift).to(dtype=dtype, memory_format=fmt)
@@ -282,7 +270,7 @@ class PerceptualDistance(nn.Module):
     def _chunks(self, x: torch.Tensor, images_per_item: int = 2) -> list[slice]:
         """Batch slices of at most ``chunk_pixels`` input pixels (an item is a pair or one image)."""
         n, (h, w) = x.shape[0], x.shape[-2:]
-        if _graph_mode():
+        if graph_mode():
             return [slice(None)]  # torch.export/compile/trace: one graph for any batch size, no chunk loop
         if n == 0:
             return [slice(0, 0)]  # an empty batch gives empty results of the right shape
@@ -291,7 +279,7 @@ class PerceptualDistance(nn.Module):
 
     def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n = x0.shape[0]
-        if _graph_mode():  # two forwards: no batch-size-dependent split baked into a traced graph
+        if graph_mode():  # two forwards: no batch-size-dependent split baked into a traced graph
             return self.backbone(self._normalize([x0])), self.backbone(self._normalize([x1]))
         if n == 0:
             empty = self.backbone(self._normalize([x0]))

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.autograd.forward_ad as _fwad
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+
+from .._modes import graph_mode, plain_ops_only
 
 __all__ = ["TPUResNet", "tf_same_max_pool", "tf_variance_scaling_"]
 
@@ -263,13 +264,6 @@ def _transposed_conv_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[
     return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding=tuple(extra))
 
 
-def _plain_ops_only() -> bool:
-    """Where the custom autograd Functions below must not run: torch.func transforms, forward-mode AD
-    (neither has their derivatives) and tracing/compiling (one graph of plain ops)."""
-    return bool(torch._C._are_functorch_transforms_active() or _fwad._current_level >= 0
-                or torch.compiler.is_compiling() or torch.jit.is_tracing())
-
-
 def _is_fake(t: torch.Tensor) -> bool:
     """A tensor without storage (FakeTensor/FunctionalTensor under torch.export): no data pointer to key on."""
     try:
@@ -352,7 +346,7 @@ class SingleConvBlock(nn.Module):
                 and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
                 and conv.padding[0] == conv.padding[1]
                 and not torch.is_autocast_enabled(x.device.type)
-                and not _plain_ops_only() and not _is_fake(conv.weight))
+                and not plain_ops_only() and not _is_fake(conv.weight))
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
@@ -362,7 +356,7 @@ class SingleConvBlock(nn.Module):
         # channels_last when the input *or* the weight is, so both go NCHW. The NCHW weight copy is a
         # non-persistent buffer made when the shortcut is merged and after every ``.to()``; it is remade
         # if the weight was edited in place (version) or replaced. Same math: equal to float rounding.
-        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or _is_fake(self.conv1.weight)
+        tracing = graph_mode() or _is_fake(self.conv1.weight)
         if not tracing and self._nchw_key != self._weight_key():  # export/compile: use the buffer as it is
             self._refresh_nchw_weight()
         return F.conv2d(x.contiguous(), self._nchw_weight, self.conv1.bias, self.conv1.stride, self.conv1.padding)
@@ -570,7 +564,7 @@ class TPUResNet(nn.Module):
                 and tuple(conv.kernel_size) == (7, 7) and tuple(conv.stride) == (2, 2)
                 and tuple(conv.padding) == (3, 3) and conv.groups == 1
                 and not torch.is_autocast_enabled(x.device.type)
-                and not _plain_ops_only())
+                and not plain_ops_only())
 
     def _loss_stem_applies(self, x: torch.Tensor, fused: bool | None = None) -> bool:
         """A tracked input through the fused float stem (``fused``: `_fused_float_stem`, if known)."""
@@ -599,7 +593,7 @@ class TPUResNet(nn.Module):
         width = conv_mode == "width_im2col" and fused
         if grad_mode != "autograd" and self._loss_stem_applies(x, fused):
             return _LossStem.apply(x, self.conv1.weight, self.conv1.bias, max(1, step), grad_mode == "polyphase", width)
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
+        if graph_mode() or torch.is_grad_enabled():
             return tf_same_max_pool(self.bn1(self.conv1(x))).relu_()
 
         def conv(v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""Which kind of call is running: one place for the checks that decide between lowps's fast paths
+(out= ops, chunk loops, custom autograd Functions, channels_last) and plain ops."""
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as _fwad
+
+
+def graph_mode() -> bool:
+    """Tracing or compiling (torch.export, torch.compile, torch.jit.trace, ONNX): one graph of plain ops,
+    free of batch-size-dependent Python (chunk loops, sub-batches), so the graph is right for any batch."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+def forward_ad_active() -> bool:
+    """Inside a ``torch.autograd.forward_ad.dual_level()``: dual tensors may flow, so only ops with
+    forward-mode derivatives may run (no out= ops, no custom autograd Functions without a jvp)."""
+    return _fwad._current_level >= 0
+
+
+def functorch_active() -> bool:
+    """Inside a torch.func transform (vmap, grad, jvp, jacfwd, ...): no out= ops, no custom Functions
+    without their rules, no channels_last for batched tensors, no ``.item()`` on wrapped values."""
+    return bool(torch._C._are_functorch_transforms_active())
+
+
+def plain_ops_only() -> bool:
+    """Where lowps's custom autograd Functions must not run: torch.func transforms and forward-mode AD
+    (neither has their derivatives), tracing and compiling (one graph of plain ops)."""
+    return functorch_active() or forward_ad_active() or graph_mode()
