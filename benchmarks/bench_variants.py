@@ -12,9 +12,12 @@ forward + backward to the first image (frozen weights).
 * with ``--backward``, `TPUResNet.stem_input_grad`: "autograd" (plain autograd through the stem),
   "native" (the loss-path stem with oneDNN's backward-data kernel) or "polyphase";
 * with ``--backward``, `SingleConvBlock.loss_input_grad`: "autograd" (oneDNN's backward-data kernel)
-  or "gemm" (one matrix product) for the input gradient of the small-map convs.
+  or "gemm" (one matrix product) for the input gradient of the small-map convs;
+* with ``--backward``, the stage outputs' gradients converted to their activations' channels_last
+  layout (`lowps.backbones.resnet_tpu._grad_in_forward_layout`; "grad_layout=forward") or left in the
+  layout they arrive in ("as_summed"; what every row before the last two did until 2026-12-02).
 
-The first variant is lowps before these paths existed. Also printed: each variant's largest
+The first variant is lowps before these paths existed (except the gradient layout). Also printed: each variant's largest
 difference from it (distances, or input gradients with ``--backward``): float32 rounding.
 """
 from __future__ import annotations
@@ -32,7 +35,14 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_distance import cpu_name  # noqa: E402
 
 import lowps  # noqa: E402
+from lowps.backbones import resnet_tpu  # noqa: E402
 from lowps.backbones.resnet_tpu import SingleConvBlock, TPUResNet  # noqa: E402
+
+_GRAD_LAYOUT = resnet_tpu._grad_in_forward_layout
+
+
+def _as_summed(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def main() -> None:
@@ -73,25 +83,29 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=44))
         return
 
-    def variant(conv: str, nchw: bool, grad: str, small_grad: str) -> Callable[[], torch.Tensor]:
+    def variant(conv: str, nchw: bool, grad: str, small_grad: str, layout: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = conv, nchw, grad
             SingleConvBlock.loss_input_grad = small_grad
+            resnet_tpu._grad_in_forward_layout = _GRAD_LAYOUT if layout else _as_summed
             return call(metric)
         return run
 
-    settings = [("direct", True, "autograd", "autograd"), ("direct", False, "autograd", "autograd"),
-                ("width_im2col", False, "autograd", "autograd")]
+    settings = [("direct", True, "autograd", "autograd", True), ("direct", False, "autograd", "autograd", True),
+                ("width_im2col", False, "autograd", "autograd", True)]
     if a.backward:
-        settings += [("direct", False, "native", "autograd"), ("direct", False, "polyphase", "autograd"),
-                     ("width_im2col", False, "polyphase", "autograd"), ("direct", True, "polyphase", "autograd"),
-                     ("direct", True, "polyphase", "gemm"), ("width_im2col", False, "polyphase", "gemm")]
+        settings += [("direct", False, "native", "autograd", True), ("direct", False, "polyphase", "autograd", True),
+                     ("width_im2col", False, "polyphase", "autograd", True),
+                     ("direct", True, "polyphase", "autograd", True), ("direct", True, "polyphase", "gemm", True),
+                     ("width_im2col", False, "polyphase", "gemm", True),
+                     ("direct", True, "polyphase", "autograd", False), ("direct", True, "polyphase", "gemm", False)]
     variants: dict[str, Callable[[], torch.Tensor]] = {"lpips-alex": lambda: call(lambda u, v: alex(u, v, normalize=True))}
-    for conv, nchw, grad, small_grad in settings:
+    for conv, nchw, grad, small_grad, layout in settings:
         name = f"stem_conv={conv} small_maps={'nchw' if nchw else 'channels_last'}"
         if a.backward:
             name += f" stem_input_grad={grad} small_map_grad={small_grad}"
-        variants[name] = variant(conv, nchw, grad, small_grad)
+            name += " grad_layout=" + ("forward" if layout else "as_summed")
+        variants[name] = variant(conv, nchw, grad, small_grad, layout)
     try:
         results = {k: f() for k, f in variants.items()}  # warm-up, and what to compare
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -103,16 +117,17 @@ def main() -> None:
     finally:
         TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = "auto", None, "auto"
         SingleConvBlock.loss_input_grad = "auto"
+        resnet_tpu._grad_in_forward_layout = _GRAD_LAYOUT
     ref = results[list(variants)[1]]
     alex_t = statistics.median(times["lpips-alex"])
     what = "forward + backward" if a.backward else "inference"
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{a.size}x{a.size}, batch {a.batch}, {what}, {a.rounds} interleaved rounds")
-    print(f"{'variant':<104}{'ms':>8}{'x alex':>8}{'max diff':>10}")
+    print(f"{'variant':<124}{'ms':>8}{'x alex':>8}{'max diff':>10}")
     for k, ts in times.items():
         t = statistics.median(ts)
         diff = "" if k == "lpips-alex" else f"{float((results[k] - ref).abs().max() / ref.abs().max()):.1e}"
-        print(f"{k:<104}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
+        print(f"{k:<124}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
 
 
 if __name__ == "__main__":

@@ -451,3 +451,50 @@ def test_width_im2col_stem_equals_the_direct_conv_at_inference(size):
         ref = out["direct", 2 ** 16]
         for key, feats in out.items():
             assert all(_close(a, b, rel=rel) for a, b in zip(feats, ref)), key
+
+
+@pytest.mark.parametrize("vendor, avx512, expected", [("GenuineIntel", True, True), ("AuthenticAMD", True, False),
+                                                      ("GenuineIntel", False, False), ("", True, False)])
+def test_loss_gemm_input_grad_auto_is_for_intel_avx512(monkeypatch, vendor, avx512, expected):
+    # "auto" takes the matrix product only where it was measured faster than oneDNN's kernel: Intel
+    # AVX-512 (2.2 vs 4.7 ms); on an AMD EPYC with AVX-512 it was slower (2.6 vs 2.3-2.5 ms).
+    from lowps.backbones import resnet_tpu as rt
+    monkeypatch.setattr(rt, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(rt, "native_avx512", lambda: avx512)
+    last = _fused_resnet6(torch.float32).stages[-1][0]
+    assert last.loss_input_grad == "auto"
+    assert last._gemm_grad_applies(torch.rand(2, 256, 4, 4, requires_grad=True)) is expected
+    last.loss_input_grad = "gemm"  # an explicit choice holds on every CPU
+    assert last._gemm_grad_applies(torch.rand(2, 256, 4, 4, requires_grad=True))
+
+
+def test_loss_gradients_reach_the_relu_masks_in_the_activations_layout(monkeypatch):
+    # A stage output's gradient is the head's plus the next stage's input gradient, which is NCHW where
+    # that stage runs NCHW (small maps on AVX-512). It is converted back to the channels_last layout of
+    # the saved activation before the ReLU mask and the conv's backward (mixed layouts take slow
+    # strided loops); values are unchanged.
+    from lowps.backbones import resnet_tpu as rt
+    monkeypatch.setattr(rt, "native_avx512", lambda: True)  # stages 3-4 at 64x64 run NCHW
+    model = _fused_resnet6(torch.float32)
+    x0 = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    x0 = x0.contiguous(memory_format=torch.channels_last)
+
+    def channels_last(t: torch.Tensor) -> bool:
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+    def run() -> tuple[torch.Tensor, list[bool], list[bool]]:
+        x = x0.clone().requires_grad_()
+        feats = model.forward_stages(x)
+        seen: dict[int, torch.Tensor] = {}
+        for i, f in enumerate(feats[:2]):  # hooks after lowps's: they see what the ReLU mask gets
+            f.register_hook(lambda g, i=i: seen.__setitem__(i, g))
+        sum((f.mean((2, 3)) * torch.linspace(-1, 1, f.shape[1])).square().sum() for f in feats).backward()
+        assert x.grad is not None
+        return x.grad, [channels_last(f) for f in feats[:2]], [channels_last(seen[i]) for i in range(2)]
+
+    grad, fwd, bwd = run()
+    assert fwd == [True, True] and bwd == [True, True]
+    monkeypatch.setattr(rt, "_grad_in_forward_layout", lambda t: t)
+    grad_plain, _, bwd_plain = run()
+    assert bwd_plain != [True, True]  # what the conversion fixes
+    assert _close(grad, grad_plain, rel=1e-5) and grad.abs().max() > 0

@@ -75,8 +75,9 @@ def test_bench_variants_tiny_run_compares_every_switch(backward):
     assert "stem_conv=width_im2col small_maps=channels_last" in r.stdout
     assert ("stem_input_grad=polyphase" in r.stdout) == backward
     variants = [line for line in r.stdout.splitlines() if line.startswith("stem_conv=")]
-    assert len(variants) == (9 if backward else 3)
+    assert len(variants) == (11 if backward else 3)
     assert ("small_map_grad=gemm" in r.stdout) == backward
+    assert ("grad_layout=as_summed" in r.stdout) == backward
     # Every variant computes the same distances (float32 rounding, ~1e-6) and input gradients; a
     # gradient may differ more where a float32 pre-activation sits within rounding of a ReLU kink
     # (then one pixel's gradient moves), so gradients get a bound that only a wrong formula exceeds.

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ._cpu import cpu_vendor as _cpu_vendor
 from ._modes import forward_ad_active, functorch_active, graph_mode
 from .backbones import Backbone
 from .config import PRECISIONS, MetricConfig, WeightsSpec
@@ -21,19 +21,6 @@ _PRECISIONS = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16
 
 
 _WARNED: set[str] = set()
-
-
-@functools.cache
-def _cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...) from /proc/cpuinfo; "" where unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:

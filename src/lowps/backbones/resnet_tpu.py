@@ -14,7 +14,6 @@ the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from .._cpu import cpu_vendor, native_avx512
 from .._modes import graph_mode, plain_ops_only
 
 __all__ = ["TPUResNet", "tf_same_max_pool", "tf_variance_scaling_"]
@@ -81,12 +81,6 @@ def tf_variance_scaling_(w: torch.Tensor, scale: float = 1.0, generator: torch.G
     fan_in = w.shape[1] * w[0, 0].numel()
     std = (scale / fan_in) ** 0.5 / _TRUNC_STD
     return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
-
-
-@functools.cache
-def _native_avx512() -> bool:
-    """Whether this CPU runs PyTorch's AVX-512 kernels (oneDNN then picks its AVX-512 convolutions)."""
-    return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
 
 
 def _polyphase_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -247,6 +241,36 @@ class _LossConvReLU(torch.autograd.Function):
         return grad_in(grad, weight, ctx.size, ctx.stride, ctx.padding), None
 
 
+def _gemm_grad_pays() -> bool:
+    """Where ``loss_input_grad="auto"`` takes `_gemm_input_grad`: Intel CPUs with AVX-512. For ResNet-6's
+    4x4 -> 2x2 conv oneDNN's backward-data kernel took 4.7 ms against the product's 2.2 on an Intel Xeon
+    (AVX-512, no AMX); on an AMD EPYC with AVX-512 (Zen 5) it took 2.3-2.5 ms against 2.6 (MKL's matrix
+    product runs below oneDNN's convolutions there), and on AVX2 CPUs the step was no faster
+    (benchmarks/bench_kernels.py, docs/performance.md)."""
+    return native_avx512() and cpu_vendor() == "GenuineIntel"
+
+
+def _channels_last_grad(g: torch.Tensor) -> torch.Tensor | None:
+    # a vmapped backward (is_grads_batched) has no memory formats: leave its gradient as it is
+    return None if _batched(g) else g.contiguous(memory_format=torch.channels_last)
+
+
+def _grad_in_forward_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t``, whose gradient will arrive channels_last if ``t`` is (a hook on the summed gradient).
+
+    A stage output's gradient is the sum of the head's (an expanded or NCHW tensor) and the next
+    stage's input gradient (NCHW where that stage runs NCHW, `SingleConvBlock.small_map_nchw`), so
+    without this it reaches the ReLU mask and the conv's backward in NCHW while the saved activation is
+    channels_last. Mixed layouts take PyTorch's slow strided elementwise loops: the ReLU mask of
+    32 x 64 x 16 x 16 costs ~1.5 ms mixed against 0.04 ms matched on an AMD EPYC (AVX-512), more than
+    the one copy that converts the gradient (0.2 ms). Values are unchanged (a layout copy)."""
+    if t.requires_grad and torch.is_grad_enabled() and not plain_ops_only() and not _batched(t) \
+            and t.dim() == 4 and t.shape[1] > 1 and not t.is_contiguous() \
+            and t.is_contiguous(memory_format=torch.channels_last):
+        t.register_hook(_channels_last_grad)
+    return t
+
+
 def _batched(t: torch.Tensor) -> bool:
     """A tensor of a vmap over a backward (``torch.autograd.grad(..., is_grads_batched=True)``,
     ``torch.autograd.functional.jacobian(..., vectorize=True)``): only ops with batching rules apply,
@@ -309,9 +333,10 @@ class SingleConvBlock(nn.Module):
     #: this many pixels compute their input gradient as one matrix product (`_gemm_input_grad`) ...
     gemm_grad_pixels: int = 16
     #: ... if ``loss_input_grad`` says so: ``"gemm"``, ``"autograd"`` (oneDNN's backward-data kernel
-    #: through plain autograd) or ``"auto"``: gemm on AVX-512 CPUs, where oneDNN's kernel is ~2.1x slower
-    #: on ResNet-6's 4x4 -> 2x2 conv; autograd elsewhere (on AVX2 CPUs the product measured no faster in
-    #: the step). Same gradients up to float rounding (tests/test_backbones.py).
+    #: through plain autograd) or ``"auto"``: gemm on Intel CPUs with AVX-512, where oneDNN's kernel is
+    #: ~2.1x slower on ResNet-6's 4x4 -> 2x2 conv; autograd elsewhere (`_gemm_grad_pays`: slower on an
+    #: AMD EPYC with AVX-512, no faster in the step on AVX2). Same gradients up to float rounding
+    #: (tests/test_backbones.py).
     loss_input_grad: str = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -326,7 +351,7 @@ class SingleConvBlock(nn.Module):
         """The merged block's conv (no ReLU): NCHW for small maps on CPUs where that is faster."""
         if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels \
                 and not self.conv1.weight.requires_grad \
-                and (_native_avx512() if self.small_map_nchw is None else self.small_map_nchw):
+                and (native_avx512() if self.small_map_nchw is None else self.small_map_nchw):
             return self._conv_small_map(x)
         return self.conv1(x)
 
@@ -338,7 +363,7 @@ class SingleConvBlock(nn.Module):
         if mode == "autograd" or not (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" \
                 or x.shape[-2] * x.shape[-1] > self.gemm_grad_pixels or x.shape[0] == 0:
             return False
-        if mode == "auto" and not _native_avx512():
+        if mode == "auto" and not _gemm_grad_pays():
             return False
         return (not conv.weight.requires_grad and not (conv.bias is not None and conv.bias.requires_grad)
                 and x.dtype in (torch.float32, torch.float64) and conv.weight.dtype == x.dtype
@@ -577,7 +602,7 @@ class TPUResNet(nn.Module):
             raise ValueError(f"stem_input_grad={grad_mode!r}: choose 'auto', 'polyphase', 'native' or 'autograd'")
         if conv_mode not in ("auto", "direct", "width_im2col"):
             raise ValueError(f"stem_conv={conv_mode!r}: choose 'auto', 'direct' or 'width_im2col'")
-        avx2 = x.device.type == "cpu" and not _native_avx512()
+        avx2 = x.device.type == "cpu" and not native_avx512()
         if grad_mode == "auto":
             grad_mode = "polyphase" if x.device.type == "cpu" else "autograd"
         if conv_mode == "auto":
@@ -642,11 +667,11 @@ class TPUResNet(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt {output_fmt!r}: TPU ResNets give NCHW maps only")
         take, max_index = feature_take_indices(len(self.stages), _index_list(indices))
-        x = self._stem(x)
+        x = _grad_in_forward_layout(self._stem(x))
         feats = []
         stages = self.stages if not stop_early and not intermediates_only else self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
-            x = stage(x)
+            x = _grad_in_forward_layout(stage(x))
             if i in take:
                 feats.append(x)
         return feats if intermediates_only else (x, feats)
