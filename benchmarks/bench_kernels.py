@@ -15,7 +15,11 @@ Times, in interleaved rounds (medians, ms per call), the alternatives lowps chos
 * the 3x3 convs on ResNet-6's small late maps at 64x64 input (stages 3 and 4), channels_last
   against NCHW (`SingleConvBlock.small_map_nchw`), and their input gradients: oneDNN's
   backward-data kernel (channels_last and NCHW) against one matrix product plus nine strided adds
-  (`lowps.backbones.resnet_tpu._gemm_input_grad`, `SingleConvBlock.loss_input_grad`).
+  (`lowps.backbones.resnet_tpu._gemm_input_grad`, `SingleConvBlock.loss_input_grad`);
+* stage 1's ReLU mask on the loss path (``threshold_backward`` of the gradient against the
+  channels_last activation), with the gradient NCHW (what arrived before
+  `lowps.backbones.resnet_tpu._grad_in_forward_layout`), channels_last, and converted from NCHW to
+  channels_last first (what that hook does).
 
 Each alternative's largest difference from the first of its group is printed (float rounding).
 """
@@ -146,6 +150,16 @@ def main() -> None:
             "matrix product + 9 strided adds": (lambda gg, ww, sz: lambda: _gemm_input_grad(gg, ww, sz, 2, 1))(
                 gsc, ws, (hw, hw)),
         }
+    c1 = s // 4  # stage 1's map: after the stride-2 stem conv and the stride-2 pool
+    act = torch.randn(n, 64, c1, c1, generator=g).contiguous(memory_format=CL)
+    g_nchw = torch.randn(n, 64, c1, c1, generator=g)
+    g_cl = g_nchw.contiguous(memory_format=CL)
+    mask = torch.ops.aten.threshold_backward
+    groups[f"stage 1 ReLU mask on the loss path, {n} x 64 x {c1} x {c1} channels_last activation"] = {
+        "gradient NCHW (mixed layouts)": lambda: mask(g_nchw, act, 0),
+        "gradient channels_last": lambda: mask(g_cl, act, 0),
+        "NCHW gradient converted, then masked": lambda: mask(g_nchw.contiguous(memory_format=CL), act, 0),
+    }
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {a.rounds} interleaved rounds")
     with torch.no_grad():
         _time(groups, a.rounds)
