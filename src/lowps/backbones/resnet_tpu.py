@@ -262,8 +262,8 @@ def _grad_in_forward_layout(t: torch.Tensor) -> torch.Tensor:
     stage's input gradient (NCHW where that stage runs NCHW, `SingleConvBlock.small_map_nchw`), so
     without this it reaches the ReLU mask and the conv's backward in NCHW while the saved activation is
     channels_last. Mixed layouts take PyTorch's slow strided elementwise loops: the ReLU mask of
-    32 x 64 x 16 x 16 costs ~1.5 ms mixed against 0.04 ms matched on an AMD EPYC (AVX-512), more than
-    the one copy that converts the gradient (0.2 ms). Values are unchanged (a layout copy)."""
+    32 x 64 x 16 x 16 took 1.30 ms mixed against 0.05 ms matched on an AMD EPYC (AVX-512), and 0.18 ms
+    with the conversion (benchmarks/bench_kernels.py). Values are unchanged (a layout copy)."""
     if t.requires_grad and torch.is_grad_enabled() and not plain_ops_only() and not _batched(t) \
             and t.dim() == 4 and t.shape[1] > 1 and not t.is_contiguous() \
             and t.is_contiguous(memory_format=torch.channels_last):
