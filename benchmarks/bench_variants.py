@@ -17,8 +17,9 @@ forward + backward to the first image (frozen weights).
   layout (`lowps.backbones.resnet_tpu._grad_in_forward_layout`; "grad_layout=forward") or left in the
   layout they arrive in ("as_summed"; what every row before the last two did until 2026-12-02).
 
-The first variant is lowps before these paths existed (except the gradient layout). Also printed: each variant's largest
-difference from it (distances, or input gradients with ``--backward``): float32 rounding.
+The first variant is lowps before these paths existed (except the gradient layout). Also printed:
+each variant's largest difference from it (distances, or input gradients with ``--backward``):
+float32 rounding.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ def cpu_vendor() -> str:
     return ""
 
 
+@functools.cache  # asked on every small-map conv and loss-path block: the answer never changes
 def native_avx512() -> bool:
     """Whether this CPU runs PyTorch's AVX-512 kernels (oneDNN then picks its AVX-512 convolutions)."""
     return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))

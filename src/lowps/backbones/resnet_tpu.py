@@ -264,7 +264,8 @@ def _grad_in_forward_layout(t: torch.Tensor) -> torch.Tensor:
     channels_last. Mixed layouts take PyTorch's slow strided elementwise loops: the ReLU mask of
     32 x 64 x 16 x 16 took 1.30 ms mixed against 0.05 ms matched on an AMD EPYC (AVX-512), and 0.18 ms
     with the conversion (benchmarks/bench_kernels.py). Values are unchanged (a layout copy)."""
-    if t.requires_grad and torch.is_grad_enabled() and not plain_ops_only() and not _batched(t) \
+    # plain_ops_only() covers torch.func, whose batched tensors have no memory formats to query
+    if t.requires_grad and torch.is_grad_enabled() and not plain_ops_only() \
             and t.dim() == 4 and t.shape[1] > 1 and not t.is_contiguous() \
             and t.is_contiguous(memory_format=torch.channels_last):
         t.register_hook(_channels_last_grad)
