@@ -113,17 +113,28 @@ def peak_conv(device: str, dtype: torch.dtype) -> tuple[Callable[[], object], fl
 
 
 def cpu_name() -> str:
-    """The CPU's model name and the vector ISA PyTorch's kernels use on it (AVX2, AVX512...): machines
-    of one name differ in ISA, and oneDNN's kernel choice, hence every ratio, follows the ISA."""
+    """The CPU's model name, the vector ISA PyTorch's kernels use on it (AVX2, AVX512...), AMX where
+    present, and its family/model numbers: machines of one name differ in ISA (VMs often report a bare
+    "Intel(R) Xeon(R) Processor"), and oneDNN's kernel choice, hence every ratio, follows the ISA."""
     name = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip():  # the first processor's block is enough
                 break
     except OSError:
         pass
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    name = fields.get("model name", name)
+    isa = torch.backends.cpu.get_cpu_capability()
+    if torch.cpu._is_amx_tile_supported():
+        isa += ", AMX"
+    if "cpu family" in fields and "model" in fields:
+        isa += f"; family {fields['cpu family']} model {fields['model']}"
+    return f"{name} ({isa})"
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -168,6 +179,10 @@ def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int,
             return {name: (batch if name in fns else 1) / statistics.median(t) for name, t in times.items()}
 
 
+#: The child's allocator settings for `peak_memory` on CPU (glibc; other allocators ignore them).
+MALLOC_PEAK_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+
+
 def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], backward: bool = False) -> float:
     """Peak memory (MiB) of one call: CUDA allocator peak, or a child process's RSS growth on CPU."""
     if device.startswith("cuda"):
@@ -190,7 +205,12 @@ def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], backw
         "b.run_once(fn, x, y, bw)\n"
         "print(max(0, rss('VmHWM:') - base) / 1024)"
     ) % (HERE, name, batch, size[0], size[1], backward)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # glibc's mmap threshold adapts to the sizes a process has freed, so whether a large buffer lives
+    # in the heap (and stays resident after its free) or in its own mapping depends on history: the
+    # same call measured 29-51 MiB. A fixed threshold maps every block of 64 KiB or more on its own and
+    # unmaps it when freed, so the resident-set peak follows the live tensors (MALLOC_PEAK_ENV).
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **MALLOC_PEAK_ENV})
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -272,6 +292,7 @@ def main() -> None:
         meta = {"device": a.device, "threads": threads, "torch": torch.__version__, "date": str(datetime.date.today()),
                 "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+                "amx": bool(torch.cpu._is_amx_tile_supported()),
                 "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
                 "mode": "backward" if a.backward else "inference",
                 "conv_peak_macs_per_s": {k: statistics.median(v) for k, v in peaks_seen.items() if v} or None,
