@@ -116,19 +116,10 @@ def cpu_name() -> str:
     """The CPU's model name, the vector ISA PyTorch's kernels use on it (AVX2, AVX512...), AMX where
     present, and its family/model numbers: machines of one name differ in ISA (VMs often report a bare
     "Intel(R) Xeon(R) Processor"), and oneDNN's kernel choice, hence every ratio, follows the ISA."""
-    name = platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "cpu family", "model") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip():  # the first processor's block is enough
-                break
-    except OSError:
-        pass
-    name = fields.get("model name", name)
+    from lowps._cpu import cpu_info  # the one /proc/cpuinfo reader
+
+    fields = cpu_info()
+    name = fields.get("model name") or platform.processor() or platform.machine()
     isa = torch.backends.cpu.get_cpu_capability()
     if torch.cpu._is_amx_tile_supported():
         isa += ", AMX"
@@ -180,6 +171,10 @@ def time_interleaved(names: list[str], device: str, batch: int, size: tuple[int,
 
 
 #: The child's allocator settings for `peak_memory` on CPU (glibc; other allocators ignore them).
+#: glibc's mmap threshold adapts to the sizes a process has freed, so whether a large buffer lives in
+#: the heap (and stays resident after its free) or in its own mapping depends on history: the same
+#: call measured 29-51 MiB. A fixed threshold maps every block of 64 KiB or more on its own and unmaps
+#: it when freed, so the resident-set peak follows the live tensors.
 MALLOC_PEAK_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 
 
@@ -205,10 +200,6 @@ def peak_memory(name: str, device: str, batch: int, size: tuple[int, int], backw
         "b.run_once(fn, x, y, bw)\n"
         "print(max(0, rss('VmHWM:') - base) / 1024)"
     ) % (HERE, name, batch, size[0], size[1], backward)
-    # glibc's mmap threshold adapts to the sizes a process has freed, so whether a large buffer lives
-    # in the heap (and stays resident after its free) or in its own mapping depends on history: the
-    # same call measured 29-51 MiB. A fixed threshold maps every block of 64 KiB or more on its own and
-    # unmaps it when freed, so the resident-set peak follows the live tensors (MALLOC_PEAK_ENV).
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, **MALLOC_PEAK_ENV})
     return float(out.stdout.strip().splitlines()[-1])

@@ -7,16 +7,25 @@ import torch
 
 
 @functools.cache
-def cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...) from /proc/cpuinfo; "" where unknown."""
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (``vendor_id``, ``model name``, ``cpu family``,
+    ``model``, ``flags``, ...); empty where there is none (not Linux)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); "" where unknown."""
+    return cpu_info().get("vendor_id", "")
 
 
 @functools.cache  # asked on every small-map conv and loss-path block: the answer never changes
