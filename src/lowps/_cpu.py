@@ -23,12 +23,20 @@ def cpu_info() -> dict[str, str]:
     return fields
 
 
+@torch.compiler.assume_constant_result  # cpu_info's cache wrapper would be traced by dynamo
 def cpu_vendor() -> str:
     """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); "" where unknown."""
     return cpu_info().get("vendor_id", "")
 
 
-@functools.cache  # asked on every small-map conv and loss-path block: the answer never changes
+_AVX512: list[bool] = []  # native_avx512's answer, once asked
+
+
+# Asked on every small-map conv and loss-path block: cached, and a constant to torch.compile. Not a
+# functools.cache: dynamo traces through that wrapper (and warns that it does).
+@torch.compiler.assume_constant_result
 def native_avx512() -> bool:
     """Whether this CPU runs PyTorch's AVX-512 kernels (oneDNN then picks its AVX-512 convolutions)."""
-    return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+    if not _AVX512:
+        _AVX512.append(torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX")))
+    return _AVX512[0]

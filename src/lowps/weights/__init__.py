@@ -290,7 +290,7 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
             raise WeightsError(
                 f"backbone {name!r} has no default weights in lowps. Pass weights='random' for a randomly "
                 f"initialised network (the paper's baseline), weights='timm' for timm's pretrained weights, "
-                f"a registry name ({', '.join(e.name for e in list(arch)) or 'none registered for it'}), "
+                f"a registry name ({', '.join(e.name for e in list_weights(arch)) or 'none registered for it'}), "
                 "a file or a URL")
         weights = entry.name
     if weights == "random":
