@@ -13,6 +13,10 @@ forward + backward to the first image (frozen weights).
   "native" (the loss-path stem with oneDNN's backward-data kernel) or "polyphase";
 * with ``--backward``, `SingleConvBlock.loss_input_grad`: "autograd" (oneDNN's backward-data kernel)
   or "gemm" (one matrix product) for the input gradient of the small-map convs;
+* `SingleConvBlock.packed_weights`: the merged blocks' convs on a weight prepacked in oneDNN's layout
+  (and, with ``--backward``, their input gradients as the packed transposed conv), or ``F.conv2d``,
+  which reorders the weight on every call ("packed=off"; every row before the last two did until
+  2026-12-03);
 * with ``--backward``, the stage outputs' gradients converted to their activations' channels_last
   layout (`lowps.backbones.resnet_tpu._grad_in_forward_layout`; "grad_layout=forward") or left in the
   layout they arrive in ("as_summed"; what every row before the last two did until 2026-12-02).
@@ -84,29 +88,42 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=44))
         return
 
-    def variant(conv: str, nchw: bool, grad: str, small_grad: str, layout: bool) -> Callable[[], torch.Tensor]:
+    def variant(conv: str, nchw: bool, grad: str, small_grad: str, layout: bool,
+                packed: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = conv, nchw, grad
-            SingleConvBlock.loss_input_grad = small_grad
+            SingleConvBlock.loss_input_grad, SingleConvBlock.packed_weights = small_grad, packed
             resnet_tpu._grad_in_forward_layout = _GRAD_LAYOUT if layout else _as_summed
             return call(metric)
         return run
 
-    settings = [("direct", True, "autograd", "autograd", True), ("direct", False, "autograd", "autograd", True),
-                ("width_im2col", False, "autograd", "autograd", True)]
+    # (stem_conv, small maps NCHW, stem_input_grad, small_map_grad, grad layout fix, packed weights)
+    settings = [("direct", True, "autograd", "autograd", True, False),
+                ("direct", False, "autograd", "autograd", True, False),
+                ("width_im2col", False, "autograd", "autograd", True, False)]
     if a.backward:
-        settings += [("direct", False, "native", "autograd", True), ("direct", False, "polyphase", "autograd", True),
-                     ("width_im2col", False, "polyphase", "autograd", True),
-                     ("direct", True, "polyphase", "autograd", True), ("direct", True, "polyphase", "gemm", True),
-                     ("width_im2col", False, "polyphase", "gemm", True),
-                     ("direct", True, "polyphase", "autograd", False), ("direct", True, "polyphase", "gemm", False)]
+        settings += [("direct", False, "native", "autograd", True, False),
+                     ("direct", False, "polyphase", "autograd", True, False),
+                     ("width_im2col", False, "polyphase", "autograd", True, False),
+                     ("direct", True, "polyphase", "autograd", True, False),
+                     ("direct", True, "polyphase", "gemm", True, False),
+                     ("width_im2col", False, "polyphase", "gemm", True, False),
+                     ("direct", True, "polyphase", "autograd", False, False),
+                     ("direct", True, "polyphase", "gemm", False, False),
+                     # the defaults of AVX2 CPUs and of Intel AVX-512 CPUs, with packed weights
+                     ("width_im2col", False, "polyphase", "autograd", True, True),
+                     ("direct", True, "polyphase", "gemm", True, True)]
+    else:
+        settings += [("width_im2col", False, "autograd", "autograd", True, True),
+                     ("direct", True, "autograd", "autograd", True, True)]
     variants: dict[str, Callable[[], torch.Tensor]] = {"lpips-alex": lambda: call(lambda u, v: alex(u, v, normalize=True))}
-    for conv, nchw, grad, small_grad, layout in settings:
+    for conv, nchw, grad, small_grad, layout, packed in settings:
         name = f"stem_conv={conv} small_maps={'nchw' if nchw else 'channels_last'}"
         if a.backward:
             name += f" stem_input_grad={grad} small_map_grad={small_grad}"
             name += " grad_layout=" + ("forward" if layout else "as_summed")
-        variants[name] = variant(conv, nchw, grad, small_grad, layout)
+        name += " packed=" + ("on" if packed else "off")
+        variants[name] = variant(conv, nchw, grad, small_grad, layout, packed)
     try:
         results = {k: f() for k, f in variants.items()}  # warm-up, and what to compare
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -117,18 +134,18 @@ def main() -> None:
                 times[k].append(time.perf_counter() - t)
     finally:
         TPUResNet.stem_conv, SingleConvBlock.small_map_nchw, TPUResNet.stem_input_grad = "auto", None, "auto"
-        SingleConvBlock.loss_input_grad = "auto"
+        SingleConvBlock.loss_input_grad, SingleConvBlock.packed_weights = "auto", True
         resnet_tpu._grad_in_forward_layout = _GRAD_LAYOUT
     ref = results[list(variants)[1]]
     alex_t = statistics.median(times["lpips-alex"])
     what = "forward + backward" if a.backward else "inference"
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{a.size}x{a.size}, batch {a.batch}, {what}, {a.rounds} interleaved rounds")
-    print(f"{'variant':<124}{'ms':>8}{'x alex':>8}{'max diff':>10}")
+    print(f"{'variant':<136}{'ms':>8}{'x alex':>8}{'max diff':>10}")
     for k, ts in times.items():
         t = statistics.median(ts)
         diff = "" if k == "lpips-alex" else f"{float((results[k] - ref).abs().max() / ref.abs().max()):.1e}"
-        print(f"{k:<124}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
+        print(f"{k:<136}{t * 1e3:>8.1f}{alex_t / t:>8.2f}{diff:>10}")
 
 
 if __name__ == "__main__":

@@ -498,3 +498,99 @@ def test_loss_gradients_reach_the_relu_masks_in_the_activations_layout(monkeypat
     grad_plain, _, bwd_plain = run()
     assert bwd_plain != [True, True]  # what the conversion fixes
     assert _close(grad, grad_plain, rel=1e-5) and grad.abs().max() > 0
+
+
+def _packed_used(model) -> list[bool]:
+    from lowps.backbones.resnet_tpu import SingleConvBlock
+    return [b._packed is not None for b in model.modules() if isinstance(b, SingleConvBlock)]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (16, 16)])
+def test_packed_weight_convs_equal_the_plain_convs(size):
+    # Merged blocks on CPU in float32 run conv + ReLU on a weight prepacked in oneDNN's layout (and the
+    # loss path's input gradient as the packed transposed conv): the same kernels as F.conv2d and its
+    # backward, so values agree to float32 rounding (1e-5 of the largest; a kernel may differ per
+    # machine), gradients in norm (a pre-activation at a ReLU kink may flip), double backward included.
+    model = _fused_resnet6(torch.float32)
+    for stage in model.stages:  # every block on this path, whatever this CPU's automatic choices
+        stage[0].small_map_nchw, stage[0].loss_input_grad = False, "autograd"
+    gen = torch.Generator().manual_seed(8)
+    x0 = torch.rand(3, 3, *size, generator=gen).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for packed in (True, False):
+        for stage in model.stages:
+            stage[0].packed_weights, stage[0]._packed, stage[0]._packed_t = packed, None, None
+        with torch.no_grad():
+            feats = model.forward_stages(x0)
+        x = x0.clone().requires_grad_()
+        tracked = model.forward_stages(x)
+        loss = sum((f / (f.norm(dim=1, keepdim=True) + 1e-3)).square().mean() for f in tracked)
+        g, = torch.autograd.grad(loss, x, create_graph=True)
+        gg, = torch.autograd.grad((g * torch.linspace(-1, 1, g.numel()).view_as(g)).sum(), x)
+        x = x0.clone().requires_grad_()
+        sum(f.sum() for f in model.forward_stages(x)).backward()
+        out[packed] = (feats, [f.detach() for f in tracked], g.detach(), gg, x.grad)
+        assert all(_packed_used(model)) if packed else not any(_packed_used(model))
+        assert all(st[0]._packed_t is not None for st in model.stages) is packed  # the loss path's gradient
+    (f_p, t_p, g_p, gg_p, xg_p), (f_r, t_r, g_r, gg_r, xg_r) = out[True], out[False]
+    assert all(_close(a, b) for a, b in zip(f_p + t_p, f_r + t_r))
+    for a, b in ((g_p, g_r), (gg_p, gg_r), (xg_p, xg_r)):
+        assert (a - b).norm() <= 1e-4 * b.norm() and b.abs().max() > 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+def test_packed_weights_follow_weight_edits_and_are_not_serialised():
+    import copy
+    import io
+    model = _fused_resnet6(torch.float32)
+    for stage in model.stages:
+        stage[0].small_map_nchw = False
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = model.forward_stages(x)[-1]
+        assert all(_packed_used(model))
+        last = model.stages[-1][0]
+        last.conv1.weight.mul_(2.0)  # in place: a new version, so the packed copy is remade
+        last.conv1.bias.mul_(2.0)
+        after = model.forward_stages(x)[-1]
+        for stage in model.stages:
+            stage[0].packed_weights = False
+        plain = model.forward_stages(x)[-1]
+        for stage in model.stages:
+            stage[0].packed_weights = True
+    assert _close(after, plain) and not _close(after, before)
+    # copies and pickles carry no opaque oneDNN tensor, and give the same values
+    clone = copy.deepcopy(model)
+    assert not any(_packed_used(clone))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert _close(clone.forward_stages(x)[-1], after) and _close(loaded.forward_stages(x)[-1], after)
+    model.to(torch.float64)  # .to() drops the cache; float64 takes the plain convs
+    assert not any(_packed_used(model))
+    with torch.no_grad():
+        assert _close(model.forward_stages(x.double())[-1], after.double(), rel=1e-5)
+    assert not any(_packed_used(model))
+
+
+def test_packed_weights_step_aside_where_the_ops_are_missing_or_counted(monkeypatch):
+    # A PyTorch without working prepacked ops (checked once, `_packed_ops_work`) and calls under a
+    # dispatch mode (FlopCounterMode counts aten convs) take the plain convs, with the same values.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lowps.backbones import resnet_tpu as rt
+    model = _fused_resnet6(torch.float32)
+    for stage in model.stages:
+        stage[0].small_map_nchw = False
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        ref = model.forward_stages(x)[-1]
+    assert not any(_packed_used(model))
+    assert counter.get_total_flops() == 2 * 2 * 33_226_752  # every conv of ResNet-6, counted
+    monkeypatch.setattr(rt, "_packed_ops_work", lambda: False)
+    with torch.no_grad():
+        assert _close(model.forward_stages(x)[-1], ref)
+    assert not any(_packed_used(model))

@@ -75,7 +75,8 @@ def test_bench_variants_tiny_run_compares_every_switch(backward):
     assert "stem_conv=width_im2col small_maps=channels_last" in r.stdout
     assert ("stem_input_grad=polyphase" in r.stdout) == backward
     variants = [line for line in r.stdout.splitlines() if line.startswith("stem_conv=")]
-    assert len(variants) == (11 if backward else 3)
+    assert len(variants) == (13 if backward else 5)
+    assert sum("packed=on" in line for line in variants) == 2
     assert ("small_map_grad=gemm" in r.stdout) == backward
     assert ("grad_layout=as_summed" in r.stdout) == backward
     # Every variant computes the same distances (float32 rounding, ~1e-6) and input gradients; a
@@ -123,3 +124,6 @@ def test_backward_roofline_factor_matches_counted_multiply_adds():
     finally:
         TPUResNet.stem_input_grad = before
     assert both.get_total_flops() == pytest.approx(BACKWARD_MAC_FACTOR * fwd.get_total_flops(), rel=0.01)
+    # ... and every conv is counted (lowps's prepacked oneDNN convs step aside under a dispatch mode):
+    # ResNet-6 with merged shortcuts is 33,226,752 multiply-adds per 64x64 image, 4 images, 2 FLOPs each
+    assert fwd.get_total_flops() == pytest.approx(4 * 33_226_752 * 2, rel=0.01)

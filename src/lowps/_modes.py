@@ -28,3 +28,13 @@ def plain_ops_only() -> bool:
     """Where lowps's custom autograd Functions must not run: torch.func transforms and forward-mode AD
     (neither has their derivatives), tracing and compiling (one graph of plain ops)."""
     return functorch_active() or forward_ad_active() or graph_mode()
+
+
+def dispatch_mode_active() -> bool:
+    """Inside a Python dispatch mode (``torch.utils.flop_counter.FlopCounterMode``, fake-tensor and
+    debug modes): such modes count or model the standard aten ops, so lowps's oneDNN-specific ops
+    (prepacked convs) must not run there."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+

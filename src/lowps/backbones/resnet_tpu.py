@@ -14,6 +14,7 @@ the feature contract `lowps.backbones` builds on.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -25,7 +26,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from .._cpu import cpu_vendor, native_avx512
-from .._modes import graph_mode, plain_ops_only
+from .._modes import dispatch_mode_active, graph_mode, plain_ops_only
 
 __all__ = ["TPUResNet", "tf_same_max_pool", "tf_variance_scaling_"]
 
@@ -221,24 +222,65 @@ def _gemm_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, 
 
 class _LossConvReLU(torch.autograd.Function):
     """``relu(conv2d(x, weight, bias))`` of a merged single-conv block for a tracked input with frozen
-    weights, whose input gradient is `_gemm_input_grad`. Keeps only the output (the ReLU's mask; a
-    feature the head reads anyway), as autograd does. Double backward works: backward is made of
-    differentiable ops of the incoming gradient."""
+    weights. Forward: the block's prepacked oneDNN conv (``packed``, `SingleConvBlock._packed_conv_relu`)
+    or its plain conv. Input gradient: one matrix product (``gemm``, `_gemm_input_grad`) or oneDNN's
+    backward-data kernel, the one plain autograd runs. Keeps only the output (the ReLU's mask; a
+    feature the head reads anyway), as autograd does. Double backward works: under ``create_graph``
+    backward is made of differentiable ops of the incoming gradient."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, block: SingleConvBlock) -> torch.Tensor:
-        y = block._conv(x).relu_()
+    def forward(ctx: Any, x: torch.Tensor, block: SingleConvBlock, gemm: bool, packed: bool) -> torch.Tensor:
+        y = block._packed_conv_relu(x) if packed else block._conv(x).relu_()
         conv = block.conv1
         ctx.save_for_backward(y, conv.weight)
         ctx.size, ctx.stride, ctx.padding = tuple(x.shape[-2:]), int(conv.stride[0]), int(conv.padding[0])
+        ctx.gemm, ctx.c_in, ctx.block = gemm, x.shape[1], (block if packed else None)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y, weight = ctx.saved_tensors
         grad = torch.ops.aten.threshold_backward(grad, y, 0)  # the ReLU's mask, one pass
-        grad_in = _transposed_conv_grad if _batched(grad) else _gemm_input_grad  # vmapped backward: batching rules
-        return grad_in(grad, weight, ctx.size, ctx.stride, ctx.padding), None
+        if _batched(grad) or (not ctx.gemm and torch.is_grad_enabled()):
+            # vmapped backward (batching rules) or double backward: a differentiable plain op
+            return _transposed_conv_grad(grad, weight, ctx.size, ctx.stride, ctx.padding), None, None, None
+        if ctx.gemm:
+            return _gemm_input_grad(grad, weight, ctx.size, ctx.stride, ctx.padding), None, None, None
+        fmt = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        if ctx.block is not None and fmt == torch.channels_last:  # the packed transposed conv (same kernel)
+            return ctx.block._packed_input_grad(grad, ctx.size), None, None, None
+        # oneDNN's backward-data kernel reads only the input's shape and layout: an empty shell
+        shell = torch.empty((grad.shape[0], ctx.c_in, *ctx.size), dtype=grad.dtype, device=grad.device,
+                            memory_format=fmt)
+        s, p = [ctx.stride] * 2, [ctx.padding] * 2
+        gx = torch.ops.aten.convolution_backward(grad, shell, weight, None, s, p, [1, 1], False, [0, 0], 1,
+                                                 [True, False, False])[0]
+        return gx, None, None, None
+
+
+@functools.cache
+def _packed_ops_work() -> bool:
+    """Whether oneDNN's prepacked conv ops (private ops of PyTorch's CPU build, used by inductor's
+    freezing) exist in this PyTorch and give the plain convs' values: checked once on a tiny conv, so a
+    build without them, or a release that changed them, takes the plain convs instead of failing."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        mk = torch.ops.mkldnn
+        with torch.inference_mode(False), torch.no_grad():
+            gen = torch.Generator().manual_seed(0)  # not the global RNG
+            x = torch.rand(2, 8, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(16, 8, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
+            b = torch.randn(16, generator=gen)
+            pw = mk._reorder_convolution_weight(w, [1, 1], [2, 2], [1, 1], 1, list(x.shape))
+            y = mk._convolution_pointwise(x, pw, b, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
+            g = torch.randn(y.shape, generator=gen).contiguous(memory_format=torch.channels_last)
+            pt = mk._reorder_convolution_transpose_weight(w, [1, 1], [0, 0], [2, 2], [1, 1], 1, list(g.shape))
+            gx = mk._convolution_transpose_pointwise(g, pt, None, [1, 1], [0, 0], [2, 2], [1, 1], 1, "none", [], "")
+            return bool(torch.allclose(y, F.conv2d(x, w, b, 2, 1).relu(), rtol=1e-4, atol=1e-5)
+                        and torch.allclose(gx, F.conv_transpose2d(g, w, None, 2, 1), rtol=1e-4, atol=1e-5))
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return False
 
 
 def _gemm_grad_pays() -> bool:
@@ -324,6 +366,10 @@ class SingleConvBlock(nn.Module):
         self.bn1 = _bn(cout, zero_init=True)
         self.shortcut: nn.Module | None = _Projection(cin, cout, stride) if project else nn.Identity()
         self._nchw_key: tuple | None = None
+        self._packed: torch.Tensor | None = None  # the weight in oneDNN's layout (`_packed_conv_relu`)
+        self._packed_key: tuple | None = None
+        self._packed_t: torch.Tensor | None = None  # ... and for its input gradient (`_packed_input_grad`)
+        self._packed_t_key: tuple | None = None
 
     #: Maps of at most this many pixels take the NCHW path on CPU (see ``_conv_small_map``) ...
     small_map_pixels: int = 64
@@ -340,19 +386,27 @@ class SingleConvBlock(nn.Module):
     #: (tests/test_backbones.py).
     loss_input_grad: str = "auto"
 
+    #: CPU float32 merged blocks run their conv + ReLU as one oneDNN op on a copy of the weight kept in
+    #: oneDNN's blocked layout (`_packed_conv_relu`); ``False`` runs ``F.conv2d``, which reorders the
+    #: weight into that layout on every call: 3.5 ms of an 87 ms loss step at 64x64/32 for ResNet-6
+    #: on an AMD EPYC (AVX2), and ~6 MiB of transient buffers (docs/performance.md). Same kernel, same
+    #: values. The copy (as large as the block's weight) is remade when the weight changes.
+    packed_weights: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut is None:  # merged into conv1 (merge_shortcut)
-            if self._gemm_grad_applies(x):
-                return cast(torch.Tensor, _LossConvReLU.apply(x, self))
+            gemm, packed = self._gemm_grad_applies(x), self._packed_applies(x)
+            if gemm or (packed and torch.is_grad_enabled() and x.requires_grad):
+                return cast(torch.Tensor, _LossConvReLU.apply(x, self, gemm, packed))
+            if packed:
+                return self._packed_conv_relu(x)
             return self._conv(x).relu_()
         y = self.bn1(self.conv1(x))
         return y.add_(self.shortcut(x)).relu_()  # in place: neither op's backward needs this buffer
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         """The merged block's conv (no ReLU): NCHW for small maps on CPUs where that is faster."""
-        if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels \
-                and not self.conv1.weight.requires_grad \
-                and (native_avx512() if self.small_map_nchw is None else self.small_map_nchw):
+        if self._small_map_nchw(x):
             return self._conv_small_map(x)
         return self.conv1(x)
 
@@ -373,6 +427,69 @@ class SingleConvBlock(nn.Module):
                 and conv.padding[0] == conv.padding[1]
                 and not torch.is_autocast_enabled(x.device.type)
                 and not plain_ops_only() and not _is_fake(conv.weight))
+
+    def _small_map_nchw(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels
+                and not self.conv1.weight.requires_grad
+                and (native_avx512() if self.small_map_nchw is None else self.small_map_nchw))
+
+    def _packed_applies(self, x: torch.Tensor) -> bool:
+        """Whether this call takes `_packed_conv_relu`: a merged block on CPU in float32, input
+        channels_last (where the plain conv would run channels_last too), weights not trained by this
+        call, no autocast, no transform, tracing or fake tensors (one graph of plain ops there), and no
+        dispatch mode (a FlopCounterMode would not count the oneDNN op)."""
+        conv = self.conv1
+        if not self.packed_weights or x.device.type != "cpu" or x.dtype != torch.float32 \
+                or conv.weight.dtype != torch.float32 or x.dim() != 4 or x.shape[0] == 0:
+            return False
+        if torch.is_grad_enabled() and (conv.weight.requires_grad
+                                        or (conv.bias is not None and conv.bias.requires_grad)):
+            return False
+        return (not torch.is_autocast_enabled("cpu") and not plain_ops_only() and not dispatch_mode_active()
+                and not _is_fake(conv.weight)
+                and not _is_fake(x) and x.is_contiguous(memory_format=torch.channels_last)
+                and not self._small_map_nchw(x) and _packed_ops_work())
+
+    def _packed_conv_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(conv1(x))`` as ``torch.ops.mkldnn._convolution_pointwise`` (the op inductor's CPU
+        freezing emits) with a prepacked weight: the weight is reordered into oneDNN's layout once per
+        weight version and input size (the layout may depend on it), not on every call."""
+        conv = self.conv1
+        key = (*self._weight_key(), tuple(x.shape[-2:]))
+        if self._packed_key != key:
+            # outside inference mode and without history (see `_refresh_nchw_weight`)
+            with torch.inference_mode(False), torch.no_grad():
+                self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    conv.weight.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+                    list(x.shape))
+            self._packed_key = key
+        bias = None if conv.bias is None else conv.bias.detach()
+        return torch.ops.mkldnn._convolution_pointwise(x, self._packed, bias, list(conv.padding), list(conv.stride),
+                                                       list(conv.dilation), conv.groups, "relu", [], "")
+
+    def _packed_input_grad(self, grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The input gradient of ``conv1`` at input ``size`` as oneDNN's transposed conv
+        (``torch.ops.mkldnn._convolution_transpose_pointwise``) on a prepacked copy of the weight: the
+        kernel backward-data runs, without reordering the weight on every call."""
+        conv = self.conv1
+        k, stride, padding = conv.kernel_size, list(conv.stride), list(cast("tuple[int, int]", conv.padding))
+        extra = [size[i] + 2 * padding[i] - k[i] - (grad.shape[2 + i] - 1) * stride[i] for i in range(2)]
+        key = (*self._weight_key(), tuple(size), tuple(grad.shape[-2:]))
+        if self._packed_t_key != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._packed_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                    conv.weight.detach(), padding, extra, stride, list(conv.dilation), conv.groups, list(grad.shape))
+            self._packed_t_key = key
+        return torch.ops.mkldnn._convolution_transpose_pointwise(grad, self._packed_t, None, padding, extra, stride,
+                                                                 list(conv.dilation), conv.groups, "none", [], "")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the packed copy is a cache of an opaque oneDNN tensor: neither pickled nor deep-copied
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        for name in ("_packed", "_packed_key", "_packed_t", "_packed_t_key"):
+            state[name] = None
+        return state
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
@@ -403,6 +520,7 @@ class SingleConvBlock(nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> SingleConvBlock:
         # `.to(device/dtype/memory_format)`, `.cuda()`, `.half()` ...: keep the NCHW copy NCHW and current.
         out = super()._apply(fn, recurse)
+        self._packed = self._packed_key = self._packed_t = self._packed_t_key = None
         if self.shortcut is None:
             self._refresh_nchw_weight()
         return out
