@@ -390,7 +390,8 @@ class SingleConvBlock(nn.Module):
     #: oneDNN's blocked layout (`_packed_conv_relu`); ``False`` runs ``F.conv2d``, which reorders the
     #: weight into that layout on every call: 3.5 ms of an 87 ms loss step at 64x64/32 for ResNet-6
     #: on an AMD EPYC (AVX2), and ~6 MiB of transient buffers (docs/performance.md). Same kernel, same
-    #: values. The copy (as large as the block's weight) is remade when the weight changes.
+    #: values. The copy (as large as the block's weight; a second one for the loss path's input
+    #: gradient, `_packed_input_grad`) is remade when the weight or the input size changes.
     packed_weights: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
