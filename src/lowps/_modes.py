@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as _fwad
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 def graph_mode() -> bool:
@@ -34,7 +35,4 @@ def dispatch_mode_active() -> bool:
     """Inside a Python dispatch mode (``torch.utils.flop_counter.FlopCounterMode``, fake-tensor and
     debug modes): such modes count or model the standard aten ops, so lowps's oneDNN-specific ops
     (prepacked convs) must not run there."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
-

@@ -189,10 +189,19 @@ class _LossStem(torch.autograd.Function):
             if kernel is not None:
                 parts.append(_polyphase_input_grad(gy, kernel, (h, w)))
             else:
-                xs = torch.empty((g.shape[0], weight.shape[1], h, w), dtype=g.dtype, device=g.device, memory_format=fmt)
-                parts.append(torch.ops.aten.convolution_backward(gy, xs, weight, None, [2, 2], [3, 3], [1, 1], False,
-                                                                 [0, 0], 1, [True, False, False])[0])
+                parts.append(_onednn_input_grad(gy, weight, (h, w), 2, 3, fmt))
         return (torch.cat(parts) if len(parts) > 1 else parts[0]), None, None, None, None, None
+
+
+def _onednn_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], stride: int,
+                       padding: int, fmt: torch.memory_format) -> torch.Tensor:
+    """Input gradient of ``conv2d(x, weight, stride=stride, padding=padding)`` (``x`` of spatial ``size``)
+    from oneDNN's backward-data kernel, the one autograd runs; that kernel reads only the input's shape
+    and layout (``fmt``), so the input is an empty shell."""
+    shell = torch.empty((grad.shape[0], weight.shape[1], *size), dtype=grad.dtype, device=grad.device,
+                        memory_format=fmt)
+    return torch.ops.aten.convolution_backward(grad, shell, weight, None, [stride] * 2, [padding] * 2, [1, 1],
+                                               False, [0, 0], 1, [True, False, False])[0]
 
 
 def _gemm_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], stride: int,
@@ -234,7 +243,7 @@ class _LossConvReLU(torch.autograd.Function):
         conv = block.conv1
         ctx.save_for_backward(y, conv.weight)
         ctx.size, ctx.stride, ctx.padding = tuple(x.shape[-2:]), int(conv.stride[0]), int(conv.padding[0])
-        ctx.gemm, ctx.c_in, ctx.block = gemm, x.shape[1], (block if packed else None)
+        ctx.gemm, ctx.block = gemm, (block if packed else None)
         return y
 
     @staticmethod
@@ -249,13 +258,7 @@ class _LossConvReLU(torch.autograd.Function):
         fmt = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         if ctx.block is not None and fmt == torch.channels_last:  # the packed transposed conv (same kernel)
             return ctx.block._packed_input_grad(grad, ctx.size), None, None, None
-        # oneDNN's backward-data kernel reads only the input's shape and layout: an empty shell
-        shell = torch.empty((grad.shape[0], ctx.c_in, *ctx.size), dtype=grad.dtype, device=grad.device,
-                            memory_format=fmt)
-        s, p = [ctx.stride] * 2, [ctx.padding] * 2
-        gx = torch.ops.aten.convolution_backward(grad, shell, weight, None, s, p, [1, 1], False, [0, 0], 1,
-                                                 [True, False, False])[0]
-        return gx, None, None, None
+        return _onednn_input_grad(grad, weight, ctx.size, ctx.stride, ctx.padding, fmt), None, None, None
 
 
 @functools.cache
@@ -366,10 +369,8 @@ class SingleConvBlock(nn.Module):
         self.bn1 = _bn(cout, zero_init=True)
         self.shortcut: nn.Module | None = _Projection(cin, cout, stride) if project else nn.Identity()
         self._nchw_key: tuple | None = None
-        self._packed: torch.Tensor | None = None  # the weight in oneDNN's layout (`_packed_conv_relu`)
-        self._packed_key: tuple | None = None
-        self._packed_t: torch.Tensor | None = None  # ... and for its input gradient (`_packed_input_grad`)
-        self._packed_t_key: tuple | None = None
+        # the weight in oneDNN's layouts, by use ("conv", "grad"): (key, packed tensor) (`_packed_weight`)
+        self._packed: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     #: Maps of at most this many pixels take the NCHW path on CPU (see ``_conv_small_map``) ...
     small_map_pixels: int = 64
@@ -456,16 +457,12 @@ class SingleConvBlock(nn.Module):
         freezing emits) with a prepacked weight: the weight is reordered into oneDNN's layout once per
         weight version and input size (the layout may depend on it), not on every call."""
         conv = self.conv1
-        key = (*self._weight_key(), tuple(x.shape[-2:]))
-        if self._packed_key != key:
-            # outside inference mode and without history (see `_refresh_nchw_weight`)
-            with torch.inference_mode(False), torch.no_grad():
-                self._packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    conv.weight.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                    list(x.shape))
-            self._packed_key = key
+        packed = self._packed_weight("conv", (tuple(x.shape[-2:]),),
+                                     lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+                                         w, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+                                         list(x.shape)))
         bias = None if conv.bias is None else conv.bias.detach()
-        return torch.ops.mkldnn._convolution_pointwise(x, self._packed, bias, list(conv.padding), list(conv.stride),
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, list(conv.padding), list(conv.stride),
                                                        list(conv.dilation), conv.groups, "relu", [], "")
 
     def _packed_input_grad(self, grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -475,22 +472,33 @@ class SingleConvBlock(nn.Module):
         conv = self.conv1
         k, stride, padding = conv.kernel_size, list(conv.stride), list(cast("tuple[int, int]", conv.padding))
         extra = [size[i] + 2 * padding[i] - k[i] - (grad.shape[2 + i] - 1) * stride[i] for i in range(2)]
-        key = (*self._weight_key(), tuple(size), tuple(grad.shape[-2:]))
-        if self._packed_t_key != key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._packed_t = torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                    conv.weight.detach(), padding, extra, stride, list(conv.dilation), conv.groups, list(grad.shape))
-            self._packed_t_key = key
-        return torch.ops.mkldnn._convolution_transpose_pointwise(grad, self._packed_t, None, padding, extra, stride,
+        packed = self._packed_weight("grad", (tuple(size), tuple(grad.shape[-2:])),
+                                     lambda w: torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                                         w, padding, extra, stride, list(conv.dilation), conv.groups, list(grad.shape)))
+        return torch.ops.mkldnn._convolution_transpose_pointwise(grad, packed, None, padding, extra, stride,
                                                                  list(conv.dilation), conv.groups, "none", [], "")
 
+    def _packed_weight(self, use: str, shapes: tuple, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``pack(weight)``, kept per ``use`` and remade when the weight (version, storage) or the
+        ``shapes`` it was packed for change."""
+        key = (*self._weight_key(), *shapes)
+        hit = self._packed.get(use)
+        if hit is None or hit[0] != key:
+            # outside inference mode and without history (see `_refresh_nchw_weight`)
+            with torch.inference_mode(False), torch.no_grad():
+                hit = (key, pack(self.conv1.weight.detach()))
+            self._packed[use] = hit
+        return hit[1]
+
     def __getstate__(self) -> dict[str, Any]:
-        # the packed copy is a cache of an opaque oneDNN tensor: neither pickled nor deep-copied
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
-        for name in ("_packed", "_packed_key", "_packed_t", "_packed_t_key"):
-            state[name] = None
+        # the packed copies are a cache of opaque oneDNN tensors: neither pickled nor deep-copied
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_packed", None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._packed = {}  # also for blocks pickled before the cache existed
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
@@ -521,7 +529,7 @@ class SingleConvBlock(nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> SingleConvBlock:
         # `.to(device/dtype/memory_format)`, `.cuda()`, `.half()` ...: keep the NCHW copy NCHW and current.
         out = super()._apply(fn, recurse)
-        self._packed = self._packed_key = self._packed_t = self._packed_t_key = None
+        self._packed = {}
         if self.shortcut is None:
             self._refresh_nchw_weight()
         return out
