@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._cpu import cpu_vendor as _cpu_vendor
+from ._cpu import raise_malloc_thresholds as _raise_malloc_thresholds
 from ._modes import forward_ad_active, functorch_active, graph_mode
 from .backbones import Backbone
 from .config import PRECISIONS, MetricConfig, WeightsSpec
@@ -230,6 +231,14 @@ class PerceptualDistance(nn.Module):
     #: the allocator to reuse memory instead of page-faulting fresh blocks (docs/performance.md).
     chunk_pixels: int = 2 ** 19
 
+    #: On the first CPU call with autograd (a loss), raise glibc's dynamic malloc thresholds to their
+    #: ceiling, once per process (`lowps._cpu.raise_malloc_thresholds`). Without it, a process where
+    #: lowps is the only model hands its heap back to the kernel after every loss step and re-faults it
+    #: in the next: ~5,000 page faults per step and ~1.2x the step time at 64x64/32 on the CPUs measured
+    #: (docs/performance.md, "Alone in a process"). The process then keeps up to 64 MiB of freed heap
+    #: for reuse, as it would after freeing any block of 16-32 MiB. ``False`` leaves the allocator alone.
+    raise_malloc_thresholds: bool = True
+
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
@@ -272,6 +281,8 @@ class PerceptualDistance(nn.Module):
             empty = self.backbone(self._normalize([x0]))
             return empty, empty
         grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
+        if (grad0 or grad1) and self.raise_malloc_thresholds and x0.device.type == "cpu":
+            _raise_malloc_thresholds()  # once per process; a list lookup after that
         if grad0 != grad1:
             # A loss: gradients for one side only (the network output, not the target). Run the other
             # side without autograd, so backward covers n images instead of 2n (half the backward

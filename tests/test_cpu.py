@@ -1,0 +1,101 @@
+"""lowps._cpu: the CPU facts and the one process-level allocator setting (raise_malloc_thresholds)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lowps import _cpu
+
+glibc_linux = pytest.mark.skipif(not (sys.platform.startswith("linux") and _cpu._glibc()),
+                                 reason="glibc's dynamic malloc thresholds exist only under glibc on Linux")
+
+
+def _fresh(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter (thresholds as glibc starts them) and return its last JSON line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=600,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@glibc_linux
+def test_raise_malloc_thresholds_stops_the_heap_trim_between_steps():
+    # A step's pattern: twelve 2 MiB blocks live at once (24 MiB), touched, then all freed. With glibc's
+    # starting thresholds the trim threshold ends at 2 x 2 MiB, so the freed top of the heap goes back
+    # to the kernel after every round and each page faults again: 6,144 pages a round. The blocks come
+    # straight from libc (ctypes): a tensor's small metadata allocated above them could pin the heap's
+    # top by chance and hide the trim (seen in 2 of 8 processes with torch.empty).
+    out = _fresh("""
+        import ctypes, json, resource
+        from lowps import _cpu
+
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+
+        def faults_per_round(rounds=6, size=2**21):
+            counts = []
+            for _ in range(rounds):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                blocks = [libc.malloc(size) for _ in range(12)]
+                for b in blocks:
+                    ctypes.memset(b, 1, size)
+                for b in blocks:
+                    libc.free(b)
+                counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            return min(counts[2:])  # after the heap has grown to the working set
+
+        plain = faults_per_round()
+        raised = _cpu.raise_malloc_thresholds()
+        print(json.dumps({"plain": plain, "raised": raised, "after": faults_per_round()}))
+    """)
+    pages = 12 * 2**21 // 4096
+    assert out["raised"] is True
+    assert out["plain"] > pages // 2, out  # the trim happens without the raise ...
+    assert out["after"] < pages // 20, out  # ... and not after it
+
+
+@glibc_linux
+@pytest.mark.slow
+def test_a_lowps_only_process_loss_step_does_not_page_fault():
+    # The user-visible property: lowps as the only model in a process (an image optimised against it),
+    # the 64x64/32 loss step. Without the raise it took ~4,000-6,000 faults a step in most processes
+    # (bench_alloc.py's no-raise mode; fewer where a small block happens to pin the heap's top).
+    out = _fresh("""
+        import json, resource, torch, lowps
+        metric = lowps.PerceptualDistance(weights="random")
+        x, y = torch.rand(32, 3, 64, 64), torch.rand(32, 3, 64, 64)
+        def step():
+            xg = x.clone().requires_grad_()
+            metric(xg, y).sum().backward()
+        for _ in range(3):
+            step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            step()
+        print(json.dumps({"faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
+    """)
+    assert out["faults"] < 500, out
+
+
+def test_raise_malloc_thresholds_is_asked_once_and_skips_other_c_libraries(monkeypatch):
+    monkeypatch.setattr(_cpu, "_MALLOC_RAISED", [])
+    monkeypatch.setattr(_cpu, "_glibc", lambda: False)
+    monkeypatch.setattr(_cpu.ctypes, "CDLL", lambda *a: pytest.fail("no C library call outside glibc"))
+    assert _cpu.raise_malloc_thresholds() is False
+    assert _cpu.raise_malloc_thresholds() is False  # cached: asked once per process
+    assert _cpu._MALLOC_RAISED == [False]
+
+
+def test_glibc_is_detected_from_confstr(monkeypatch):
+    monkeypatch.setattr(_cpu.os, "confstr", lambda name: "glibc 2.36")
+    assert _cpu._glibc() is True
+
+    def missing(name):
+        raise ValueError("unrecognized configuration name")
+    monkeypatch.setattr(_cpu.os, "confstr", missing)
+    assert _cpu._glibc() is False
