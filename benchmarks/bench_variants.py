@@ -112,10 +112,14 @@ def main() -> None:
                      ("direct", True, "polyphase", "gemm", False, False),
                      # the defaults of AVX2 CPUs and of Intel AVX-512 CPUs, with packed weights
                      ("width_im2col", False, "polyphase", "autograd", True, True),
-                     ("direct", True, "polyphase", "gemm", True, True)]
+                     ("direct", True, "polyphase", "gemm", True, True),
+                     # AMD AVX-512 (oneDNN's small-map gradient), small maps NCHW or channels_last
+                     ("direct", True, "polyphase", "autograd", True, True),
+                     ("direct", False, "polyphase", "autograd", True, True)]
     else:
         settings += [("width_im2col", False, "autograd", "autograd", True, True),
-                     ("direct", True, "autograd", "autograd", True, True)]
+                     ("direct", True, "autograd", "autograd", True, True),
+                     ("direct", False, "autograd", "autograd", True, True)]
     variants: dict[str, Callable[[], torch.Tensor]] = {"lpips-alex": lambda: call(lambda u, v: alex(u, v, normalize=True))}
     for conv, nchw, grad, small_grad, layout, packed in settings:
         name = f"stem_conv={conv} small_maps={'nchw' if nchw else 'channels_last'}"

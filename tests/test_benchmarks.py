@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (tiny settings) and write what they promise."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,8 +76,11 @@ def test_bench_variants_tiny_run_compares_every_switch(backward):
     assert "stem_conv=width_im2col small_maps=channels_last" in r.stdout
     assert ("stem_input_grad=polyphase" in r.stdout) == backward
     variants = [line for line in r.stdout.splitlines() if line.startswith("stem_conv=")]
-    assert len(variants) == (13 if backward else 5)
-    assert sum("packed=on" in line for line in variants) == 2
+    assert len(variants) == (15 if backward else 6)
+    assert sum("packed=on" in line for line in variants) == (4 if backward else 3)
+    # with packed weights, both small-map layouts
+    packed = [line for line in variants if "packed=on" in line]
+    assert {"small_maps=nchw" in line for line in packed} == {True, False}
     assert ("small_map_grad=gemm" in r.stdout) == backward
     assert ("grad_layout=as_summed" in r.stdout) == backward
     # Every variant computes the same distances (float32 rounding, ~1e-6) and input gradients; a
@@ -127,3 +131,51 @@ def test_backward_roofline_factor_matches_counted_multiply_adds():
     # ... and every conv is counted (lowps's prepacked oneDNN convs step aside under a dispatch mode):
     # ResNet-6 with merged shortcuts is 33,226,752 multiply-adds per 64x64 image, 4 images, 2 FLOPs each
     assert fwd.get_total_flops() == pytest.approx(4 * 33_226_752 * 2, rel=0.01)
+
+
+def _mapped_libc() -> str:
+    """The path of the C library mapped into this process: preloading it again changes nothing."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if "/libc.so" in path or "/libc-" in path:
+            return path
+    pytest.skip("no libc.so in /proc/self/maps (not a glibc Linux): bench_alloc's modes are glibc's")
+
+
+@pytest.mark.slow
+def test_bench_alloc_runs_each_mode_alone_in_its_own_allocator_environment(tmp_path):
+    out, libc = tmp_path / "a.json", _mapped_libc()
+    # stray settings in the caller's environment must not leak into the "default" children
+    env = {**os.environ, "LOWPS_BENCH_WEIGHTS": "random", "MALLOC_TRIM_THRESHOLD_": "12345", "LD_PRELOAD": ""}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_alloc.py"), "--size", "32", "--batch", "2",
+                        "--steps", "2", "--rounds", "2", "--metrics", "lowps:meanpool", "--mode", "libc", f"LD_PRELOAD={libc}",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = {row["malloc"]: row for row in data["rows"]}
+    assert set(rows) == {"default", "no-raise", "tuned", "libc"}
+    assert all(len(row["rounds"]) == 2 for row in rows.values())
+    unset = dict.fromkeys(("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "BENCH_ALLOC_LOWPS_RAISE"))
+    for mode, extra in (("default", {}), ("no-raise", {"BENCH_ALLOC_LOWPS_RAISE": "0"}),
+                        ("tuned", data["meta"]["tuned_env"]), ("libc", {"LD_PRELOAD": libc})):
+        want = {**unset, **extra}
+        assert all({k: rd["alloc_env"][k] for k in want} == want for rd in rows[mode]["rounds"]), mode
+        # lowps as shipped raises glibc's thresholds; only the no-raise children ran without that
+        assert all(rd["lowps_raise"] is (mode != "no-raise") for rd in rows[mode]["rounds"]), mode
+    assert all(row["ms"] > 0 and row["minor_faults"] >= 0 and row["maxrss_mib"] > 0 for row in rows.values())
+    assert rows["default"]["speedup_vs_default"] == 1.0 and "faults/step" in r.stdout
+
+
+def test_bench_alloc_names_a_bad_mode_and_the_fix(tmp_path):
+    def run(*mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_alloc.py"), "--mode", *mode],
+                              capture_output=True, text=True, timeout=60)
+
+    missing = run("je", f"LD_PRELOAD={tmp_path / 'nope.so'}")
+    assert missing.returncode == 2 and "nope.so" in missing.stderr and "apt install libjemalloc2" in missing.stderr
+    assert "expected VAR=VALUE" in run("je", "/usr/lib/libjemalloc.so.2").stderr
+    other = run("je", "PYTHONPATH=/x")  # only allocator settings: a mode cannot change what is measured
+    assert other.returncode == 2 and "'PYTHONPATH=/x': expected VAR=VALUE with VAR one of" in other.stderr
+    assert "no settings" in run("je").stderr
+    taken = run("tuned", f"LD_PRELOAD={_mapped_libc()}")
+    assert taken.returncode == 2 and "taken: default, no-raise, tuned" in taken.stderr
