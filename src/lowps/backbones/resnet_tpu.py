@@ -374,7 +374,13 @@ class SingleConvBlock(nn.Module):
 
     #: Maps of at most this many pixels take the NCHW path on CPU (see ``_conv_small_map``) ...
     small_map_pixels: int = 64
-    #: ... if ``small_map_nchw`` says so: ``None`` (default) on AVX-512 CPUs only, or True/False.
+    #: ... if ``small_map_nchw`` says so: True/False, or ``None`` (default): on AVX-512 CPUs, except on
+    #: AMD ones where the prepacked channels_last conv applies (`_packed_eligible`). On an AMD EPYC
+    #: (Zen 4) that was faster in every case measured: the 64x64 loss step 1.06x at batch 32 and 1.17x
+    #: at batch 8, one-pair inference 1.21x, and no per-call reorder of the NCHW weights (peak memory of
+    #: a 64x64/8 loss step 7.5 vs 9.2 MiB; docs/performance.md). The NCHW rule was measured on an Intel
+    #: Xeon against plain channels_last convs, before the packed weights existed; it stays there until
+    #: `benchmarks/bench_variants.py` (its last rows) says otherwise on such a CPU.
     small_map_nchw: bool | None = None
 
     #: On the loss path (a tracked input, frozen weights, CPU), merged blocks whose input map has at most
@@ -431,15 +437,25 @@ class SingleConvBlock(nn.Module):
                 and not plain_ops_only() and not _is_fake(conv.weight))
 
     def _small_map_nchw(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels
-                and not self.conv1.weight.requires_grad
-                and (native_avx512() if self.small_map_nchw is None else self.small_map_nchw))
+        if not (x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels
+                and not self.conv1.weight.requires_grad):
+            return False
+        if self.small_map_nchw is not None:
+            return self.small_map_nchw
+        return native_avx512() and not (cpu_vendor() == "AuthenticAMD" and self._packed_eligible(x))
 
     def _packed_applies(self, x: torch.Tensor) -> bool:
-        """Whether this call takes `_packed_conv_relu`: a merged block on CPU in float32, input
+        """Whether this call takes `_packed_conv_relu`: `_packed_eligible`, and not a small map that
+        runs NCHW (`_small_map_nchw`)."""
+        return self._packed_eligible(x) and not self._small_map_nchw(x)
+
+    def _packed_eligible(self, x: torch.Tensor) -> bool:
+        """Whether the prepacked conv can run this call: a merged block on CPU in float32, input
         channels_last (where the plain conv would run channels_last too), weights not trained by this
         call, no autocast, no transform, tracing or fake tensors (one graph of plain ops there), and no
         dispatch mode (a FlopCounterMode would not count the oneDNN op)."""
+        if self.shortcut is not None:
+            return False
         conv = self.conv1
         if not self.packed_weights or x.device.type != "cpu" or x.dtype != torch.float32 \
                 or conv.weight.dtype != torch.float32 or x.dim() != 4 or x.shape[0] == 0:
@@ -450,7 +466,7 @@ class SingleConvBlock(nn.Module):
         return (not torch.is_autocast_enabled("cpu") and not plain_ops_only() and not dispatch_mode_active()
                 and not _is_fake(conv.weight)
                 and not _is_fake(x) and x.is_contiguous(memory_format=torch.channels_last)
-                and not self._small_map_nchw(x) and _packed_ops_work())
+                and _packed_ops_work())
 
     def _packed_conv_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(conv1(x))`` as ``torch.ops.mkldnn._convolution_pointwise`` (the op inductor's CPU
@@ -501,10 +517,11 @@ class SingleConvBlock(nn.Module):
         self._packed = {}  # also for blocks pickled before the cache existed
 
     def _conv_small_map(self, x: torch.Tensor) -> torch.Tensor:
-        # oneDNN's AVX-512 channels_last kernels are slow on small maps: ResNet-6's last conv at 64x64
-        # input (4x4 -> 2x2, 512 channels) runs ~1.8x faster in NCHW, an 8x8 map ~1.1x (Intel Xeon). Its
-        # AVX2 kernels are the other way round (NCHW 1.3-1.6x slower on an AMD EPYC), so AVX2 CPUs
-        # stay channels_last (docs/performance.md). PyTorch picks
+        # oneDNN's AVX-512 channels_last kernels (plain F.conv2d, weight reordered per call) are slow on
+        # small maps: ResNet-6's last conv at 64x64 input (4x4 -> 2x2, 512 channels) runs ~1.8x faster in
+        # NCHW, an 8x8 map ~1.1x (Intel Xeon). Its AVX2 kernels are the other way round (NCHW 1.3-1.6x
+        # slower on an AMD EPYC), so AVX2 CPUs stay channels_last, and so do AMD AVX-512 CPUs where the
+        # prepacked conv runs (`small_map_nchw`; docs/performance.md). PyTorch picks
         # channels_last when the input *or* the weight is, so both go NCHW. The NCHW weight copy is a
         # non-persistent buffer made when the shortcut is merged and after every ``.to()``; it is remade
         # if the weight was edited in place (version) or replaced. Same math: equal to float rounding.
