@@ -52,12 +52,14 @@ import subprocess
 import sys
 import time
 
+from lowps._cpu import GLIBC_DYNAMIC_MMAP_MAX
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-#: glibc's largest settable mmap threshold on 64-bit (HEAP_MAX_SIZE / 2), and a trim threshold far
-#: above any step's working set here, so freed heap stays for the next step.
-TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+#: glibc's largest mmap threshold on 64-bit (32 MiB, also the ceiling of its adaptive rule), and a
+#: trim threshold far above any step's working set here, so freed heap stays for the next step.
+TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(GLIBC_DYNAMIC_MMAP_MAX), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 #: This benchmark's own switch (read by the child, not by lowps): "0" runs lowps with
 #: ``PerceptualDistance.raise_malloc_thresholds = False``, as lowps ran before that existed.
 NO_RAISE_VAR = "BENCH_ALLOC_LOWPS_RAISE"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import sys
 
 import torch
 
@@ -77,7 +76,7 @@ def raise_malloc_thresholds() -> bool:
     """
     if not _MALLOC_RAISED:
         done = False
-        if sys.platform.startswith("linux") and _glibc():
+        if _glibc():  # CS_GNU_LIBC_VERSION exists only under glibc
             libc = ctypes.CDLL(None)  # the process's malloc/free, as PyTorch's CPU allocator calls them
             libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
             libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]

@@ -436,18 +436,22 @@ class SingleConvBlock(nn.Module):
                 and not torch.is_autocast_enabled(x.device.type)
                 and not plain_ops_only() and not _is_fake(conv.weight))
 
-    def _small_map_nchw(self, x: torch.Tensor) -> bool:
+    def _small_map_nchw(self, x: torch.Tensor, packed_eligible: bool | None = None) -> bool:
+        """Whether this call's conv runs NCHW (``packed_eligible``: `_packed_eligible(x)`, if known)."""
         if not (x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= self.small_map_pixels
                 and not self.conv1.weight.requires_grad):
             return False
         if self.small_map_nchw is not None:
             return self.small_map_nchw
-        return native_avx512() and not (cpu_vendor() == "AuthenticAMD" and self._packed_eligible(x))
+        if not native_avx512() or cpu_vendor() != "AuthenticAMD":
+            return native_avx512()
+        return not (self._packed_eligible(x) if packed_eligible is None else packed_eligible)
 
     def _packed_applies(self, x: torch.Tensor) -> bool:
         """Whether this call takes `_packed_conv_relu`: `_packed_eligible`, and not a small map that
         runs NCHW (`_small_map_nchw`)."""
-        return self._packed_eligible(x) and not self._small_map_nchw(x)
+        eligible = self._packed_eligible(x)
+        return eligible and not self._small_map_nchw(x, eligible)
 
     def _packed_eligible(self, x: torch.Tensor) -> bool:
         """Whether the prepacked conv can run this call: a merged block on CPU in float32, input
