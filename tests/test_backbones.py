@@ -341,6 +341,16 @@ def test_loss_stem_gradients_equal_autograd_through_the_plain_ops(mode, conv, si
     assert all(_close(a, b, rel=1e-12) for a, b in zip(f_fast, f_ref))
     assert _close(g_fast, g_ref, rel=1e-9) and g_ref.abs().max() > 0
     assert _close(gg_fast, gg_ref, rel=1e-9) and gg_ref.abs().max() > 0  # double backward (gradient penalties)
+    # A first-order backward (no create_graph) writes the sub-batches' input gradients straight into one
+    # NCHW tensor, the layout callers' images mostly have, instead of concatenating them channels_last.
+    model.stem_input_grad = mode
+    x = x0.clone().requires_grad_()
+    stem = model._stem(x)
+    assert type(stem.grad_fn).__name__ == "_LossStemBackward"
+    g1, = torch.autograd.grad((stem * torch.linspace(-1, 1, stem.numel(), dtype=stem.dtype).view_as(stem)).sum(), x)
+    plain = tf_same_max_pool(model.bn1(model.conv1(x))).relu()
+    g1_ref, = torch.autograd.grad((plain * torch.linspace(-1, 1, stem.numel(), dtype=stem.dtype).view_as(stem)).sum(), x)
+    assert g1.is_contiguous() and _close(g1, g1_ref, rel=1e-9) and g1_ref.abs().max() > 0
 
 
 @pytest.mark.parametrize("size", [(64, 64), (37, 50), (33, 64), (16, 16), (17, 23)])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lowps.heads import HEADS, LinearHead, StyleHead, create_head, unit_normalize
+from lowps.heads import HEADS, LinearHead, StyleHead, create_head, spatial_mean, unit_normalize
 
 CH = [4, 6]
 
@@ -139,3 +139,31 @@ def test_linear_head_lr_schedule_is_lpips_train_script():
         if epoch > 5:
             lr -= 1.0 / 5
     assert [lr_factor(e, 5, 5) for e in range(10)] == pytest.approx(rates)
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 16, 16), (3, 7, 5, 9), (2, 512, 2, 2)])
+def test_spatial_mean_equals_mean_and_keeps_the_gradient_in_the_maps_layout(shape):
+    # The same reduction over the same memory: bit-identical values, also accumulating bf16 in float32.
+    f = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(spatial_mean(f), f.mean((2, 3), keepdim=True))
+    assert torch.equal(spatial_mean(f.bfloat16(), torch.float32),
+                       f.bfloat16().mean((2, 3), keepdim=True, dtype=torch.float32))
+    # mean's own backward materialises NCHW; a channels_last map gets a channels_last gradient
+    fg = f.clone().requires_grad_(True)
+    g, = torch.autograd.grad(spatial_mean(fg * 1).square().sum(), fg)
+    assert g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous()
+    nchw = f.contiguous().requires_grad_(True)
+    g2, = torch.autograd.grad(spatial_mean(nchw * 1).square().sum(), nchw)
+    # (an NCHW map is reduced in another order: its mean may differ in the last bit)
+    assert g2.is_contiguous() and (g2 - g).abs().max() <= 1e-6 * g.abs().max()
+
+
+@pytest.mark.parametrize("name", ["meanpool", "local"])
+def test_head_gradients_arrive_in_the_features_layout(name):
+    # The backbone's stage outputs are channels_last; a gradient in another layout costs a mixed-layout
+    # add (with the next stage's gradient) and a conversion before every conv's backward.
+    a = [t.contiguous(memory_format=torch.channels_last) * 1 for t in feats(0)]
+    b = [t.contiguous(memory_format=torch.channels_last) for t in feats(1)]
+    a = [t.requires_grad_(True) for t in a]
+    grads = torch.autograd.grad(create_head(name, CH)(a, b, [0, 1]).sum(), a)
+    assert all(g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous() for g in grads)

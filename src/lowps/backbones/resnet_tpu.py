@@ -152,17 +152,22 @@ class _LossStem(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, step: int,
                 polyphase: bool, width_im2col: bool) -> torch.Tensor:
-        outs, idxs = [], []
-        h, w = x.shape[-2:]
+        n, h, w = x.shape[0], *x.shape[-2:]
         ch, cw = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # the conv's output, which the pool reads
-        for i in range(0, x.shape[0], step):
+        pad = _tf_same_padding(ch, cw)
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        # Each sub-batch pools straight into its rows of the output and the saved indices (no
+        # concatenation of 32 MiB of pooled maps and 64 MiB of int64 indices per 256x256/32 batch).
+        shape = (n, weight.shape[0], (ch - 1) // 2 + 1, (cw - 1) // 2 + 1)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        idx = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
+        for i in range(0, n, step):
             xi = x[i:i + step]
             y = _width_im2col_conv(xi, weight, bias) if width_im2col else F.conv2d(xi, weight, bias, 2, 3)
-            o, ix = F.max_pool2d(y, 3, 2, padding=_tf_same_padding(ch, cw), ceil_mode=True, return_indices=True)
-            outs.append(o)
-            idxs.append(ix)
-        out = torch.cat(outs).relu_() if len(outs) > 1 else outs[0].relu_()
-        ctx.save_for_backward(out, torch.cat(idxs) if len(idxs) > 1 else idxs[0], weight)
+            torch.ops.aten.max_pool2d_with_indices.out(y, [3, 3], [2, 2], list(pad), [1, 1], True,
+                                                       out=out[i:i + step], indices=idx[i:i + step])
+            out[i:i + step].relu_()  # while the rows are in cache
+        ctx.save_for_backward(out, idx, weight)
         ctx.conv_hw, ctx.size, ctx.step, ctx.polyphase = (ch, cw), (h, w), step, polyphase
         ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
         return out
@@ -179,18 +184,31 @@ class _LossStem(torch.autograd.Function):
             return _transposed_conv_grad(gy, weight, (h, w), 2, 3), None, None, None, None, None
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         kernel = _polyphase_kernel(weight).contiguous(memory_format=fmt) if ctx.polyphase else None
+        # The input's gradient is written NCHW (PyTorch's default layout, and the layout of most callers'
+        # images): the normalisation's backward keeps it, so autograd hands it to an NCHW leaf without
+        # another layout copy of the whole batch. Under create_graph (double backward) the parts are
+        # concatenated instead, a differentiable op.
+        n = grad.shape[0]
+        gx = None if torch.is_grad_enabled() else torch.empty((n, weight.shape[1], h, w), dtype=grad.dtype,
+                                                              device=grad.device)
         parts = []
-        for i in range(0, grad.shape[0], ctx.step):
+        for i in range(0, n, ctx.step):
             g = grad[i:i + ctx.step]
             # The pool's backward and the conv's read only these tensors' shapes and layouts: empty shells.
             shell = torch.empty((g.shape[0], g.shape[1], ch, cw), dtype=g.dtype, device=g.device, memory_format=fmt)
             gy = torch.ops.aten.max_pool2d_with_indices_backward(g, shell, [3, 3], [2, 2], pad, [1, 1], True,
                                                                  idx[i:i + ctx.step])
             if kernel is not None:
-                parts.append(_polyphase_input_grad(gy, kernel, (h, w)))
+                part = _polyphase_input_grad(gy, kernel, (h, w))
             else:
-                parts.append(_onednn_input_grad(gy, weight, (h, w), 2, 3, fmt))
-        return (torch.cat(parts) if len(parts) > 1 else parts[0]), None, None, None, None, None
+                part = _onednn_input_grad(gy, weight, (h, w), 2, 3, fmt)
+            if gx is None:
+                parts.append(part)
+            else:
+                gx[i:i + ctx.step] = part
+        if gx is None:
+            gx = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return gx, None, None, None, None, None
 
 
 def _onednn_input_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], stride: int,
