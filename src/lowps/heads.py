@@ -29,7 +29,7 @@ from torch import nn
 from ._modes import functorch_active
 
 __all__ = ["Head", "LocalHead", "LinearHead", "MeanPoolHead", "StyleHead", "HEADS", "create_head",
-           "unit_normalize"]
+           "spatial_mean", "unit_normalize"]
 
 EPS = 1e-10
 
