@@ -167,3 +167,84 @@ def test_head_gradients_arrive_in_the_features_layout(name):
     a = [t.requires_grad_(True) for t in a]
     grads = torch.autograd.grad(create_head(name, CH)(a, b, [0, 1]).sum(), a)
     assert all(g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous() for g in grads)
+
+
+def _local_heads():
+    local, linear = create_head("local", CH).double(), create_head("linear", CH).double()
+    with torch.no_grad():
+        for i in range(len(CH)):
+            getattr(linear, f"lin{i}").weight.copy_(torch.rand(1, CH[i], 1, 1, generator=torch.Generator().manual_seed(i)))
+    return {"local": local.requires_grad_(False), "linear": linear.requires_grad_(False)}
+
+
+def _feature_pair(tracked):
+    a = [t.double().contiguous(memory_format=torch.channels_last) for t in feats(0)]
+    b = [t.double().contiguous(memory_format=torch.channels_last) for t in feats(1)]
+    return [t.requires_grad_("a" in tracked) for t in a], [t.requires_grad_("b" in tracked) for t in b]
+
+
+@pytest.mark.parametrize("name", ["local", "linear"])
+@pytest.mark.parametrize("tracked", ["a", "b", "ab"])
+def test_fused_local_layer_equals_autograd_through_the_plain_ops(name, tracked, monkeypatch):
+    # _LocalLayer (closed-form backward) against autograd through the plain ops, in float64: the same
+    # values bit for bit, gradients (first order and, under create_graph, second order) to rounding.
+    import lowps.heads as heads
+    head = _local_heads()[name]
+    out = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(heads, "_fused_local_applies", lambda *args: False)
+        a, b = _feature_pair(tracked)
+        d = head(a, b, [0, 1])
+        inputs = [t for t in a + b if t.requires_grad]
+        weights = torch.linspace(-1, 2, d.numel(), dtype=d.dtype).view_as(d)
+        g = torch.autograd.grad((d * weights).sum(), inputs, create_graph=True)
+        penalty = sum((x * x).sum() for x in g)  # a gradient penalty: backward through the gradient
+        gg = torch.autograd.grad(penalty, inputs)
+        out[fused] = (d.detach(), [x.detach() for x in g], gg, _graph_names(d))
+    (d1, g1, gg1, names1), (d0, g0, gg0, names0) = out[True], out[False]
+    assert "_LocalLayerBackward" in names1 and "_LocalLayerBackward" not in names0
+    assert torch.equal(d1, d0)
+    for x, y in zip(g1 + list(gg1), g0 + list(gg0)):
+        assert (x - y).abs().max() <= 1e-12 * y.abs().max() and y.abs().max() > 0
+        assert x.stride() == y.stride()  # channels_last, as the features
+
+
+def _graph_names(t):
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(f for f, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("name", ["local", "linear"])
+def test_fused_local_layer_under_batched_gradients(name, monkeypatch):
+    # is_grads_batched (a vmapped backward, as vectorised Jacobians use) through _LocalLayer's backward
+    import lowps.heads as heads
+    head = _local_heads()[name]
+    jac = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(heads, "_fused_local_applies", lambda *args: False)
+        a, b = _feature_pair("a")
+        d = head(a, b, [0, 1])
+        eye = torch.eye(d.numel(), dtype=d.dtype).view(-1, *d.shape)
+        jac[fused] = torch.autograd.grad(d, a, eye, is_grads_batched=True)
+    for x, y in zip(jac[True], jac[False]):
+        assert (x - y).abs().max() <= 1e-12 * y.abs().max() and y.abs().max() > 0
+
+
+def test_fused_local_layer_only_for_frozen_weights_with_feature_gradients():
+    head = _local_heads()["linear"]
+    a, b = _feature_pair("")
+    assert head(a, b, [0, 1]).grad_fn is None  # inference: the plain ops, no graph
+    a, b = _feature_pair("a")
+    assert "_LocalLayerBackward" in _graph_names(head(a, b, [0, 1]))
+    head.requires_grad_(True)  # training the linear weights: autograd through the plain ops
+    names = _graph_names(head(a, b, [0, 1]))
+    assert "_LocalLayerBackward" not in names and "ConvolutionBackward0" in names

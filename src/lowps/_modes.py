@@ -36,3 +36,11 @@ def dispatch_mode_active() -> bool:
     debug modes): such modes count or model the standard aten ops, so lowps's oneDNN-specific ops
     (prepacked convs) must not run there."""
     return _get_current_dispatch_mode() is not None
+
+
+def batched_tensor(t: torch.Tensor) -> bool:
+    """A tensor of a vmap over a backward (``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(..., vectorize=True)``): only ops with batching rules apply,
+    and its memory format cannot be queried."""
+    f = torch._C._functorch
+    return bool(f.is_batchedtensor(t) or f.is_legacy_batchedtensor(t) or f.is_functorch_wrapped_tensor(t))

@@ -21,12 +21,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._modes import functorch_active
+from ._modes import functorch_active, plain_ops_only
 
 __all__ = ["Head", "LocalHead", "LinearHead", "MeanPoolHead", "StyleHead", "HEADS", "create_head",
            "spatial_mean", "unit_normalize"]
@@ -129,6 +130,64 @@ class Head(nn.Module):
         return torch.cat(out, dim=1)
 
 
+def _norm_denominator(f: torch.Tensor) -> torch.Tensor:
+    # unit_normalize's denominator, (N, 1, H, W): the same ops, so the same values
+    return torch.sqrt(f.pow(2).sum(1, keepdim=True) + EPS * EPS) + EPS
+
+
+def _local_layer(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """``mean_hw sum_c w_c (u(a) - u(b))_c^2`` per pair (``w=None``: all ones) in plain ops."""
+    sq = (unit_normalize(a) - unit_normalize(b)).pow(2)
+    return (sq.sum(1, keepdim=True) if w is None else F.conv2d(sq, w)).mean((1, 2, 3))
+
+
+class _LocalLayer(torch.autograd.Function):
+    """The local/linear layer distance for a loss (features with gradients, frozen weights).
+
+    Same forward values as `_local_layer` (the same ops); backward in closed form. With
+    ``D = sqrt(sum_c a^2 + eps^2) + eps`` and ``G = 2 w (u(a) - u(b)) g / (H W)``, the input gradient is
+    ``G / D - a sum_c(G a) / (D^2 (D - eps))``: four passes over the map, against about ten through
+    autograd's graph of the normalisation, whose every op saves or allocates a map (the local head's
+    forward + backward took 29 ms for 32 pairs at 128x128 against the meanpool head's 5, on an AMD EPYC
+    Zen 4). Backward is made of differentiable ops with batching rules: under create_graph (gradient
+    penalties, Hessians) it recomputes ``D`` and ``u(a) - u(b)`` from the inputs so that second
+    derivatives are exact, and vmapped backwards (``is_grads_batched``) work.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        den_a, den_b = _norm_denominator(a), _norm_denominator(b)
+        diff = a / den_a - b / den_b
+        sq = diff.pow(2)
+        d = (sq.sum(1, keepdim=True) if w is None else F.conv2d(sq, w)).mean((1, 2, 3))
+        ctx.save_for_backward(a, b, w, den_a, den_b, diff)
+        return d
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b, w, den_a, den_b, diff = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            # create_graph (double backward): the saved D and u(a) - u(b) carry no graph, so recompute
+            # them from the saved inputs, which do; the formula below is then differentiable in a and b
+            den_a, den_b = _norm_denominator(a), _norm_denominator(b)
+            diff = a / den_a - b / den_b
+        scale = g.reshape(-1, 1, 1, 1) * (2.0 / (a.shape[2] * a.shape[3]))
+        gd = diff * scale if w is None else diff * (scale * w.reshape(1, -1, 1, 1))  # dL/du(a); dL/du(b) = -gd
+
+        def through_norm(f: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+            dot = (gd * f).sum(1, keepdim=True)
+            return torch.addcmul(gd / den, f, dot / (den * den * (den - EPS)), value=-1)
+        return (through_norm(a, den_a) if need_a else None), (-through_norm(b, den_b) if need_b else None), None
+
+
+def _fused_local_applies(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> bool:
+    """`_LocalLayer` for gradients to the features with frozen weights, in eager calls; inference and
+    transforms (vmap, forward-mode AD, tracing) keep the plain ops."""
+    return (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+            and not (w is not None and w.requires_grad) and not plain_ops_only())
+
+
 class LocalHead(Head):
     name, has_map = "local", True
 
@@ -136,7 +195,9 @@ class LocalHead(Head):
         return (unit_normalize(a) - unit_normalize(b)).pow(2).sum(1, keepdim=True)
 
     def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.layer_map(i, a, b).mean((1, 2, 3))
+        if _fused_local_applies(a, b, None):
+            return _LocalLayer.apply(a, b, None)
+        return _local_layer(a, b, None)
 
     def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
         # mean over H W positions of a squared difference == squared norm after scaling by 1/sqrt(HW)
@@ -155,6 +216,12 @@ class LinearHead(LocalHead):
         for i, c in enumerate(self.channels):
             self.add_module(f"lin{i}", nn.Conv2d(c, 1, 1, bias=False))
             nn.init.ones_(getattr(self, f"lin{i}").weight)  # ones == the 'local' head
+
+    def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        w = getattr(self, f"lin{i}").weight.to(a.dtype)
+        if not (self.training and self.dropout > 0) and _fused_local_applies(a, b, w):
+            return _LocalLayer.apply(a, b, w)
+        return self.layer_map(i, a, b).mean((1, 2, 3))
 
     def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         w = getattr(self, f"lin{i}").weight

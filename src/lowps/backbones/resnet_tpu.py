@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from .._cpu import cpu_vendor, native_avx512
-from .._modes import dispatch_mode_active, graph_mode, plain_ops_only
+from .._modes import batched_tensor, dispatch_mode_active, graph_mode, plain_ops_only
 
 __all__ = ["TPUResNet", "tf_same_max_pool", "tf_variance_scaling_"]
 
@@ -178,7 +178,7 @@ class _LossStem(torch.autograd.Function):
         grad = torch.ops.aten.threshold_backward(grad, out, 0)  # the ReLU's mask, one pass (differentiable in grad)
         (h, w), (ch, cw) = ctx.size, ctx.conv_hw
         pad = list(_tf_same_padding(ch, cw))
-        if _batched(grad):  # a vmapped backward: the whole batch through ops with batching rules
+        if batched_tensor(grad):  # a vmapped backward: the whole batch through ops with batching rules
             shell = torch.empty((out.shape[0], out.shape[1], ch, cw), dtype=out.dtype, device=out.device)
             gy = torch.ops.aten.max_pool2d_with_indices_backward(grad, shell, [3, 3], [2, 2], pad, [1, 1], True, idx)
             return _transposed_conv_grad(gy, weight, (h, w), 2, 3), None, None, None, None, None
@@ -268,7 +268,7 @@ class _LossConvReLU(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y, weight = ctx.saved_tensors
         grad = torch.ops.aten.threshold_backward(grad, y, 0)  # the ReLU's mask, one pass
-        if _batched(grad) or (not ctx.gemm and torch.is_grad_enabled()):
+        if batched_tensor(grad) or (not ctx.gemm and torch.is_grad_enabled()):
             # vmapped backward (batching rules) or double backward: a differentiable plain op
             return _transposed_conv_grad(grad, weight, ctx.size, ctx.stride, ctx.padding), None, None, None
         if ctx.gemm:
@@ -315,7 +315,7 @@ def _gemm_grad_pays() -> bool:
 
 def _channels_last_grad(g: torch.Tensor) -> torch.Tensor | None:
     # a vmapped backward (is_grads_batched) has no memory formats: leave its gradient as it is
-    return None if _batched(g) else g.contiguous(memory_format=torch.channels_last)
+    return None if batched_tensor(g) else g.contiguous(memory_format=torch.channels_last)
 
 
 def _grad_in_forward_layout(t: torch.Tensor) -> torch.Tensor:
@@ -335,18 +335,10 @@ def _grad_in_forward_layout(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _batched(t: torch.Tensor) -> bool:
-    """A tensor of a vmap over a backward (``torch.autograd.grad(..., is_grads_batched=True)``,
-    ``torch.autograd.functional.jacobian(..., vectorize=True)``): only ops with batching rules apply,
-    and its memory format cannot be queried."""
-    f = torch._C._functorch
-    return bool(f.is_batchedtensor(t) or f.is_legacy_batchedtensor(t) or f.is_functorch_wrapped_tensor(t))
-
-
 def _transposed_conv_grad(grad: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], stride: int,
                           padding: int) -> torch.Tensor:
     """The input gradient of a square conv as ``conv_transpose2d``: plain ops with batching rules, for
-    vmapped backwards (`_batched`)."""
+    vmapped backwards (`lowps._modes.batched_tensor`)."""
     k = weight.shape[-1]
     extra = [size[i] + 2 * padding - k - (grad.shape[2 + i] - 1) * stride for i in range(2)]
     return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding=tuple(extra))
@@ -813,7 +805,7 @@ class TPUResNet(nn.Module):
         pad_top, pad_bottom = i0 - (2 * r0 - 3), (2 * r1 + 3) - i1
         if pad_top or pad_bottom:  # the conv's zero padding, only where the band meets the border
             band = F.pad(band, (0, 0, pad_top, pad_bottom))
-        fmt = torch.channels_last if not _batched(x) and x.is_contiguous(memory_format=torch.channels_last) \
+        fmt = torch.channels_last if not batched_tensor(x) and x.is_contiguous(memory_format=torch.channels_last) \
             else torch.contiguous_format
         conv = self.conv1
         y = self.bn1(F.conv2d(band.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride,
