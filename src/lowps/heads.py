@@ -160,7 +160,12 @@ class _LocalLayer(torch.autograd.Function):
         diff = a / den_a - b / den_b
         sq = diff.pow(2)
         d = (sq.sum(1, keepdim=True) if w is None else F.conv2d(sq, w)).mean((1, 2, 3))
-        ctx.save_for_backward(a, b, w, den_a, den_b, diff)
+        # Only the side(s) with gradients are kept (a loss's target features are freed, as autograd
+        # through the plain ops frees them), with their denominators and u(a) - u(b).
+        need_a, need_b = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(a if need_a else None, b if need_b else None, w, den_a if need_a else None,
+                              den_b if need_b else None, diff)
+        ctx.hw = a.shape[2] * a.shape[3]
         return d
 
     @staticmethod
@@ -169,10 +174,20 @@ class _LocalLayer(torch.autograd.Function):
         need_a, need_b = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():
             # create_graph (double backward): the saved D and u(a) - u(b) carry no graph, so recompute
-            # them from the saved inputs, which do; the formula below is then differentiable in a and b
-            den_a, den_b = _norm_denominator(a), _norm_denominator(b)
-            diff = a / den_a - b / den_b
-        scale = g.reshape(-1, 1, 1, 1) * (2.0 / (a.shape[2] * a.shape[3]))
+            # them from the saved inputs, which do (a side without gradients is a constant, recovered
+            # from the other side and the saved difference); the formula below is then differentiable.
+            if not need_a:
+                ua = diff + b.detach() / den_b  # the forward's values, constants
+            if not need_b:
+                ub = a.detach() / den_a - diff
+            if need_a:
+                den_a = _norm_denominator(a)
+                ua = a / den_a
+            if need_b:
+                den_b = _norm_denominator(b)
+                ub = b / den_b
+            diff = ua - ub
+        scale = g.reshape(-1, 1, 1, 1) * (2.0 / ctx.hw)
         gd = diff * scale if w is None else diff * (scale * w.reshape(1, -1, 1, 1))  # dL/du(a); dL/du(b) = -gd
 
         def through_norm(f: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
