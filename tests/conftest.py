@@ -34,3 +34,16 @@ def free_port() -> int:
 def pair(n=2, size=64, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g, dtype=dtype), torch.rand(n, 3, size, size, generator=g, dtype=dtype)
+
+
+def autograd_node_names(t):
+    """Names of every autograd node behind ``t`` (a list: a name appears once per node)."""
+    seen, todo, names = set(), [t.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        todo.extend(f for f, _ in node.next_functions)
+    return names

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import autograd_node_names
 
 from lowps.heads import HEADS, LinearHead, StyleHead, create_head, spatial_mean, unit_normalize
 
@@ -201,25 +202,13 @@ def test_fused_local_layer_equals_autograd_through_the_plain_ops(name, tracked, 
         g = torch.autograd.grad((d * weights).sum(), inputs, create_graph=True)
         penalty = sum((x * x).sum() for x in g)  # a gradient penalty: backward through the gradient
         gg = torch.autograd.grad(penalty, inputs)
-        out[fused] = (d.detach(), [x.detach() for x in g], gg, _graph_names(d))
+        out[fused] = (d.detach(), [x.detach() for x in g], gg, autograd_node_names(d))
     (d1, g1, gg1, names1), (d0, g0, gg0, names0) = out[True], out[False]
     assert "_LocalLayerBackward" in names1 and "_LocalLayerBackward" not in names0
     assert torch.equal(d1, d0)
     for x, y in zip(g1 + list(gg1), g0 + list(gg0)):
         assert (x - y).abs().max() <= 1e-12 * y.abs().max() and y.abs().max() > 0
         assert x.stride() == y.stride()  # channels_last, as the features
-
-
-def _graph_names(t):
-    seen, todo, names = set(), [t.grad_fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        todo.extend(f for f, _ in node.next_functions)
-    return names
 
 
 @pytest.mark.parametrize("name", ["local", "linear"])
@@ -244,7 +233,7 @@ def test_fused_local_layer_only_for_frozen_weights_with_feature_gradients():
     a, b = _feature_pair("")
     assert head(a, b, [0, 1]).grad_fn is None  # inference: the plain ops, no graph
     a, b = _feature_pair("a")
-    assert "_LocalLayerBackward" in _graph_names(head(a, b, [0, 1]))
+    assert "_LocalLayerBackward" in autograd_node_names(head(a, b, [0, 1]))
     head.requires_grad_(True)  # training the linear weights: autograd through the plain ops
-    names = _graph_names(head(a, b, [0, 1]))
+    names = autograd_node_names(head(a, b, [0, 1]))
     assert "_LocalLayerBackward" not in names and "ConvolutionBackward0" in names

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lowps
-from conftest import pair
+from conftest import autograd_node_names, pair
 
 HEADS = ["local", "meanpool", "style", "linear"]
 
@@ -222,19 +222,6 @@ def test_chunked_spatial_and_gradients_equal_one_call():
     assert torch.allclose(d3, d, rtol=1e-5) and (gx3 - gx).abs().max() <= 1e-5 * gx.abs().max()
 
 
-def _graph_nodes(t):
-    """Names of every autograd node behind ``t``."""
-    seen, todo, names = set(), [t.grad_fn], []
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        todo.extend(f for f, _ in node.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("tracked", ["one", "both"])
 def test_chunked_loss_splits_the_batch_instead_of_slicing_it(tracked):
     # A slice's backward zero-fills a gradient the size of the whole batch for every chunk and adds
@@ -244,7 +231,7 @@ def test_chunked_loss_splits_the_batch_instead_of_slicing_it(tracked):
     x.requires_grad_(True)
     y.requires_grad_(tracked == "both")
     m.chunk_pixels = 2 * 64 * 64 * 2  # chunks of 2, 2, 1 pairs
-    nodes = _graph_nodes(m(x, y).sum())
+    nodes = autograd_node_names(m(x, y).sum())
     assert "SliceBackward0" not in nodes and "SplitBackward0" in nodes
 
 
