@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import autograd_node_names
 
+from conftest import autograd_node_names
 from lowps.heads import HEADS, LinearHead, StyleHead, create_head, spatial_mean, unit_normalize
 
 CH = [4, 6]
