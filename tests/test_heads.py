@@ -159,7 +159,7 @@ def test_spatial_mean_equals_mean_and_keeps_the_gradient_in_the_maps_layout(shap
     assert g2.is_contiguous() and (g2 - g).abs().max() <= 1e-6 * g.abs().max()
 
 
-@pytest.mark.parametrize("name", ["meanpool", "local"])
+@pytest.mark.parametrize("name", ["meanpool", "local", "style"])
 def test_head_gradients_arrive_in_the_features_layout(name):
     # The backbone's stage outputs are channels_last; a gradient in another layout costs a mixed-layout
     # add (with the next stage's gradient) and a conversion before every conv's backward.
@@ -237,3 +237,25 @@ def test_fused_local_layer_only_for_frozen_weights_with_feature_gradients():
     head.requires_grad_(True)  # training the linear weights: autograd through the plain ops
     names = autograd_node_names(head(a, b, [0, 1]))
     assert "_LocalLayerBackward" not in names and "ConvolutionBackward0" in names
+
+
+def test_style_loss_on_channels_last_maps_equals_the_inference_formula():
+    # Under autograd, channels_last maps go through the Gram products as (N, positions, C) views, for
+    # channels_last gradients; both branches (a layer with fewer positions than channels, 2x2 with 32
+    # channels, takes the float64 low-rank form): the distances of inference, gradients to rounding.
+    g = torch.Generator().manual_seed(5)
+    a = [torch.rand(3, 4, 8, 8, generator=g), torch.rand(3, 32, 2, 2, generator=g)]
+    b = [t + 0.2 * torch.rand(t.shape, generator=g) for t in a]
+    head = create_head("style", [4, 32])
+    cl = [[t.contiguous(memory_format=torch.channels_last) for t in f] for f in (a, b)]
+    with torch.no_grad():
+        want = head(cl[0], cl[1], [0, 1])
+    tracked = [t.clone().requires_grad_(True) for t in cl[0]]
+    d = head(tracked, cl[1], [0, 1])
+    grads = torch.autograd.grad(d.sum(), tracked)
+    nchw = [t.contiguous().requires_grad_(True) for t in a]
+    ref = torch.autograd.grad(head(nchw, [t.contiguous() for t in b], [0, 1]).sum(), nchw)
+    assert torch.allclose(d, want, rtol=1e-6, atol=0)
+    for x, y in zip(grads, ref):
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        assert (x - y).abs().max() <= 1e-5 * y.abs().max() and y.abs().max() > 0

@@ -330,7 +330,23 @@ class StyleHead(Head):
 
     def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         c, n = a.shape[1], a.shape[2] * a.shape[3]
-        ua, ub = unit_normalize(a).flatten(2), unit_normalize(b).flatten(2)
+        # U as (N, C, n), channels by positions; or, for a loss on channels_last maps, as its
+        # (N, n, C) view: the products then hand back gradients laid out as the maps (channels_last),
+        # not NCHW ones that the backbone's backward would add across layouts and convert (the
+        # meanpool head's case, `spatial_mean`). Same sums up to float rounding; inference keeps (N, C, n).
+        rows = (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and not functorch_active()
+                and a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last))
+        if rows:
+            ua, ub = (unit_normalize(f).permute(0, 2, 3, 1).flatten(1, 2) for f in (a, b))
+        else:
+            ua, ub = unit_normalize(a).flatten(2), unit_normalize(b).flatten(2)
+
+        def over_channels(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (n, n) sums over channels
+            return x @ y.transpose(1, 2) if rows else x.transpose(1, 2) @ y
+
+        def over_positions(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (C, C) sums over positions
+            return x.transpose(1, 2) @ y if rows else x @ y.transpose(1, 2)
+
         if n < c and a.device.type != "mps":  # MPS has no float64
             # Fewer positions than channels (the deep layers): G = U U^T has rank n, and
             # ||Ga - Gb||^2 = ||Ua^T Ua||^2 + ||Ub^T Ub||^2 - 2 ||Ua^T Ub||^2 needs only n x n products
@@ -340,7 +356,7 @@ class StyleHead(Head):
             ua, ub = ua.double(), ub.double()
 
             def sq(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return torch.linalg.vector_norm(x.transpose(1, 2) @ y, dim=(1, 2)).square()
+                return torch.linalg.vector_norm(over_channels(x, y), dim=(1, 2)).square()
 
             d = (sq(ua, ua) + sq(ub, ub) - 2 * sq(ua, ub)).clamp_min(0).to(a.dtype)
         else:
@@ -351,7 +367,9 @@ class StyleHead(Head):
             # split, not slices: under autograd each slice's backward would zero-fill a gradient of all pairs
             for xa, xb in zip(ua.split(step), ub.split(step)):
                 diff = xa - xb
-                gram_diff = torch.baddbmm(diff @ xa.transpose(1, 2), xb, diff.transpose(1, 2))  # n (Ga - Gb)
+                # n (Ga - Gb) = D Ua^T + Ub D^T, the second product accumulated into the first
+                xb_d = (xb.transpose(1, 2), diff) if rows else (xb, diff.transpose(1, 2))
+                gram_diff = torch.baddbmm(over_positions(diff, xa), *xb_d)
                 parts.append(torch.linalg.vector_norm(gram_diff, dim=(1, 2)).square())
             d = torch.cat(parts) if parts else ua.new_zeros(0)
         return d / (n * n * c * c) if self.style_norm == "hw" else d / (c * c)
