@@ -41,7 +41,19 @@ def unit_normalize(f: torch.Tensor, dim: int = 1, eps: float = EPS) -> torch.Ten
     Equal to LPIPS's ``f / (sqrt(sum f^2) + eps)`` to within ~1e-10 relative, but with a finite
     gradient where all channels are zero (LPIPS's sqrt has an infinite slope there and gives NaN).
     """
-    return f / (torch.sqrt(f.pow(2).sum(dim, keepdim=True) + eps * eps) + eps)
+    return f / _norm_denominator(f, dim, eps)
+
+
+def _norm_denominator(f: torch.Tensor, dim: int = 1, eps: float = EPS) -> torch.Tensor:
+    # unit_normalize's denominator (kept by `_LocalLayer` for its backward)
+    return torch.sqrt(f.pow(2).sum(dim, keepdim=True) + eps * eps) + eps
+
+
+def _channels_last_map(f: torch.Tensor) -> bool:
+    """A channels_last (not also NCHW-contiguous) feature map outside torch.func, whose batched tensors
+    have no memory format: the heads then reduce its (N, H, W, C) view, so gradients keep its layout."""
+    return (f.dim() == 4 and not functorch_active() and not f.is_contiguous()
+            and f.is_contiguous(memory_format=torch.channels_last))
 
 
 def spatial_mean(f: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -53,8 +65,7 @@ def spatial_mean(f: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     of a 256x256/32 loss step on an AMD EPYC (Zen 4). Reducing the (N, H, W, C) view of a channels_last
     map gives the same values (the same reduction over the same memory) and a channels_last gradient.
     """
-    if f.dim() == 4 and not functorch_active() and not f.is_contiguous() \
-            and f.is_contiguous(memory_format=torch.channels_last):
+    if _channels_last_map(f):
         return f.permute(0, 2, 3, 1).mean((1, 2), dtype=dtype)[:, :, None, None]
     return f.mean((2, 3), keepdim=True, dtype=dtype)
 
@@ -130,21 +141,10 @@ class Head(nn.Module):
         return torch.cat(out, dim=1)
 
 
-def _norm_denominator(f: torch.Tensor) -> torch.Tensor:
-    # unit_normalize's denominator, (N, 1, H, W): the same ops, so the same values
-    return torch.sqrt(f.pow(2).sum(1, keepdim=True) + EPS * EPS) + EPS
-
-
-def _local_layer(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """``mean_hw sum_c w_c (u(a) - u(b))_c^2`` per pair (``w=None``: all ones) in plain ops."""
-    sq = (unit_normalize(a) - unit_normalize(b)).pow(2)
-    return (sq.sum(1, keepdim=True) if w is None else F.conv2d(sq, w)).mean((1, 2, 3))
-
-
 class _LocalLayer(torch.autograd.Function):
     """The local/linear layer distance for a loss (features with gradients, frozen weights).
 
-    Same forward values as `_local_layer` (the same ops); backward in closed form. With
+    Same forward values as the heads' ``layer_map(...).mean`` (the same ops); backward in closed form. With
     ``D = sqrt(sum_c a^2 + eps^2) + eps`` and ``G = 2 w (u(a) - u(b)) g / (H W)``, the input gradient is
     ``G / D - a sum_c(G a) / (D^2 (D - eps))``: four passes over the map, against about ten through
     autograd's graph of the normalisation, whose every op saves or allocates a map (the local head's
@@ -212,7 +212,7 @@ class LocalHead(Head):
     def layer(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if _fused_local_applies(a, b, None):
             return _LocalLayer.apply(a, b, None)
-        return _local_layer(a, b, None)
+        return self.layer_map(i, a, b).mean((1, 2, 3))
 
     def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
         # mean over H W positions of a squared difference == squared norm after scaling by 1/sqrt(HW)
@@ -334,8 +334,7 @@ class StyleHead(Head):
         # (N, n, C) view: the products then hand back gradients laid out as the maps (channels_last),
         # not NCHW ones that the backbone's backward would add across layouts and convert (the
         # meanpool head's case, `spatial_mean`). Same sums up to float rounding; inference keeps (N, C, n).
-        rows = (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and not functorch_active()
-                and a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last))
+        rows = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and _channels_last_map(a)
         if rows:
             ua, ub = (unit_normalize(f).permute(0, 2, 3, 1).flatten(1, 2) for f in (a, b))
         else:

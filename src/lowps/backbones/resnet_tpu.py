@@ -144,26 +144,27 @@ def _width_im2col_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def _pool_sub_batches(first: torch.Tensor, conv: Callable[[int], torch.Tensor], n: int, step: int,
-                      indices: torch.Tensor | None = None) -> torch.Tensor:
+                      keep_indices: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The stem's TF-SAME 3x3/2 max-pool and ReLU of ``n`` images whose conv runs in sub-batches of ``step``
     (``first``: the first sub-batch's conv output; ``conv(i)``: the one starting at image ``i``), each
     pooled straight into its rows of one output instead of concatenating pooled parts (~15% of the
-    pooling's time for 8 images at 256x256 on an AMD EPYC Zen 4). The pool's indices go to
-    ``indices`` (all ``n`` images' rows, for a backward) or to one sub-batch's scratch buffer."""
+    pooling's time for 8 images at 256x256 on an AMD EPYC Zen 4). Returns the output and, with
+    ``keep_indices`` (for a backward), the pool's indices of all ``n`` images; without, one sub-batch's
+    scratch buffer takes them."""
     ch, cw = first.shape[-2:]
     fmt = torch.channels_last if first.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     shape = (n, first.shape[1], (ch - 1) // 2 + 1, (cw - 1) // 2 + 1)
     out = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=fmt)
-    scratch = None if indices is not None else torch.empty((min(step, n), *shape[1:]), dtype=torch.int64,
-                                                             device=first.device, memory_format=fmt)
+    idx = torch.empty((n if keep_indices else min(step, n), *shape[1:]), dtype=torch.int64, device=first.device,
+                      memory_format=fmt)
     pad = list(_tf_same_padding(ch, cw))
     for i in range(0, n, step):
         y = first if i == 0 else conv(i)
         k = y.shape[0]
-        ix = indices[i:i + k] if indices is not None else cast(torch.Tensor, scratch)[:k]
+        ix = idx[i:i + k] if keep_indices else idx[:k]
         torch.ops.aten.max_pool2d_with_indices.out(y, [3, 3], [2, 2], pad, [1, 1], True, out=out[i:i + k], indices=ix)
         out[i:i + k].relu_()  # the stem's ReLU (after the pool: the same values), while the rows are in cache
-    return out
+    return out, (idx if keep_indices else None)
 
 
 class _LossStem(torch.autograd.Function):
@@ -183,11 +184,7 @@ class _LossStem(torch.autograd.Function):
             return _width_im2col_conv(xi, weight, bias) if width_im2col else F.conv2d(xi, weight, bias, 2, 3)
         # Sub-batches pool straight into the output and the saved indices (no concatenation of 32 MiB
         # of pooled maps and 64 MiB of int64 indices per 256x256/32 batch).
-        first = conv(0)
-        fmt = torch.channels_last if first.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        idx = torch.empty((n, first.shape[1], (ch - 1) // 2 + 1, (cw - 1) // 2 + 1), dtype=torch.int64,
-                          device=x.device, memory_format=fmt)
-        out = _pool_sub_batches(first, conv, n, step, indices=idx)
+        out, idx = _pool_sub_batches(conv(0), conv, n, step, keep_indices=True)
         ctx.save_for_backward(out, idx, weight)
         ctx.conv_hw, ctx.size, ctx.step, ctx.polyphase = (ch, cw), (h, w), step, polyphase
         ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
@@ -810,7 +807,7 @@ class TPUResNet(nn.Module):
             if first.dtype not in (torch.float32, torch.float64):  # low precision: tf_same_max_pool's own path
                 rest = [tf_same_max_pool(conv(x[i:i + step])) for i in range(step, n, step)]
                 return torch.cat([tf_same_max_pool(first), *rest]).relu_()
-            return _pool_sub_batches(first, lambda i: conv(x[i:i + step]), n, step)
+            return _pool_sub_batches(first, lambda i: conv(x[i:i + step]), n, step)[0]
         rows = max(1, self.stem_chunk_pixels // (4 * w))  # pooled rows per band (4 input rows each)
         pooled_h = ((h - 1) // 2 + 2) // 2
         return torch.cat([torch.cat([self._stem_band(x[i:i + 1], k, min(k + rows, pooled_h))
