@@ -10,19 +10,19 @@ free there. Both thresholds start small (128 KiB) and grow only when the process
 block larger than the current one (mmap threshold = that block, up to 32 MiB; trim threshold = twice
 it). So a process whose largest block is small against the memory one step allocates trims its heap
 at the end of every step, and every 4 KiB page of the next step's tensors faults on first touch:
-system time and slower kernels, on every step. lowps's loss step at 64x64/32 is such a case when it
-runs alone in a process (blocks of at most 4.7 MiB, ~24 MiB allocated and freed per step); inference
-is not (its chunks reuse the same blocks). A process that has once freed a larger block shows none
+system time and slower kernels, on every step. lowps at 64x64/32 is such a case when it runs alone
+in a process, as a loss (blocks of at most 4.7 MiB, ~24 MiB allocated and freed per step) and at
+inference (~6,000 faults per call without the raise). A process that has once freed a larger block shows none
 of it: LPIPS's constructor frees AlexNet's 16 MiB classifier weight, which is also why
 ``bench_distance.py`` (every metric in one process) hardly does. lowps now raises the thresholds
-itself on its first CPU loss call; the ``no-raise`` mode measures what that recovers.
+itself on its first eager CPU call; the ``no-raise`` mode measures what that recovers.
 
 Each metric runs alone in a fresh child process once per mode, the modes alternating within each of
 ``--rounds`` rounds so all see the same machine conditions:
 
-* ``default``: glibc with its own (dynamic) thresholds, lowps as shipped: on its first CPU loss call
-  it raises them to their ceiling (`lowps._cpu.raise_malloc_thresholds`); the caller's ``MALLOC_*``
-  and ``LD_PRELOAD`` are removed;
+* ``default``: glibc with its own (dynamic) thresholds, lowps as shipped: on its first eager CPU
+  call (loss or inference) it raises them to their ceiling (`lowps._cpu.raise_malloc_thresholds`); the
+  caller's ``MALLOC_*`` and ``LD_PRELOAD`` are removed;
 * ``no-raise``: the same with ``PerceptualDistance.raise_malloc_thresholds = False`` (lowps before
   2026-12-04; LPIPS rows are unaffected);
 * ``tuned``: glibc with ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` fixed (blocks up to

@@ -64,23 +64,29 @@ def test_raise_malloc_thresholds_stops_the_heap_trim_between_steps():
 
 @glibc_linux
 @pytest.mark.slow
-def test_a_lowps_only_process_loss_step_does_not_page_fault():
-    # The user-visible property: lowps as the only model in a process (an image optimised against it),
-    # the 64x64/32 loss step. Without the raise it took ~4,000-6,000 faults a step in most processes
-    # (bench_alloc.py's no-raise mode; fewer where a small block happens to pin the heap's top).
-    out = _fresh("""
+@pytest.mark.parametrize("call", ["loss", "inference"])
+def test_a_lowps_only_process_does_not_page_fault_per_call(call):
+    # The user-visible property: lowps as the only model in a process (an image optimised against it,
+    # a folder scored), at 64x64/32. Without the raise a loss step took ~4,000-6,000 faults in most
+    # processes (bench_alloc.py's no-raise mode; fewer where a small block happens to pin the heap's
+    # top), and an inference call ~6,000 (bench_alloc.py --inference, 2026-12-04 evening).
+    out = _fresh(f"""
         import json, resource, torch, lowps
         metric = lowps.PerceptualDistance(weights="random")
         x, y = torch.rand(32, 3, 64, 64), torch.rand(32, 3, 64, 64)
         def step():
-            xg = x.clone().requires_grad_()
-            metric(xg, y).sum().backward()
+            if {call!r} == "loss":
+                xg = x.clone().requires_grad_()
+                metric(xg, y).sum().backward()
+            else:
+                with torch.inference_mode():
+                    metric(x, y)
         for _ in range(3):
             step()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(5):
             step()
-        print(json.dumps({"faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
+        print(json.dumps({{"faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}}))
     """)
     assert out["faults"] < 500, out
 

@@ -65,9 +65,9 @@ def raise_malloc_thresholds() -> bool:
     glibc starts with small thresholds (128 KiB) and raises them only when the process frees an mmapped
     block larger than the current one. A process whose largest block is small against what one step
     allocates gives the top of its heap back to the kernel after every step, and every page of the next
-    step's tensors faults on first touch. lowps's training-loss step at 64x64/32 is that case when lowps
-    is the only model in the process (blocks of at most 4.7 MiB, ~24 MiB allocated and freed per step):
-    ~5,000 page faults and ~1.2x the time per step, where LPIPS-alex shows none, because its constructor
+    step's tensors faults on first touch. lowps at 64x64/32 is that case when it is the only model in
+    the process (blocks of at most 4.7 MiB, ~24 MiB allocated and freed per loss step): ~5,000 page
+    faults and ~1.2x the time per loss step or inference call, where LPIPS-alex shows none, because its constructor
     happens to free AlexNet's 16 MiB classifier weight (`benchmarks/bench_alloc.py`, docs/performance.md).
     This does on purpose what that free does by accident, within glibc's own adaptive rule: no
     ``mallopt``, no fixed thresholds, no page touched. The process then serves blocks up to 32 MiB from

@@ -231,16 +231,22 @@ class PerceptualDistance(nn.Module):
     #: the allocator to reuse memory instead of page-faulting fresh blocks (docs/performance.md).
     chunk_pixels: int = 2 ** 19
 
-    #: On the first CPU call with autograd (a loss), raise glibc's dynamic malloc thresholds to their
+    #: On the first eager CPU call (inference or a loss), raise glibc's dynamic malloc thresholds to their
     #: ceiling, once per process (`lowps._cpu.raise_malloc_thresholds`). Without it, a process where
-    #: lowps is the only model hands its heap back to the kernel after every loss step and re-faults it
-    #: in the next: ~5,000 page faults per step and ~1.2x the step time at 64x64/32 on the CPUs measured
-    #: (docs/performance.md, "Alone in a process"). The process then keeps up to 64 MiB of freed heap
-    #: for reuse, as it would after freeing any block of 16-32 MiB. ``False`` leaves the allocator alone.
+    #: lowps is the only model hands the top of its heap back to the kernel after every call and
+    #: re-faults it in the next: ~4,000-6,000 page faults per call at 64x64/32, ~1.2x the time of a loss
+    #: step and ~1.4x that of an inference call on the CPUs measured (docs/performance.md, "Alone in a
+    #: process"). The process then keeps up to 64 MiB of freed heap for reuse, as it would after
+    #: freeing any block of 16-32 MiB. ``False`` leaves the allocator alone.
     raise_malloc_thresholds: bool = True
 
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
+        """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout.
+
+        Every backbone call starts here, so this is where the first eager CPU call raises the process's
+        malloc thresholds (`raise_malloc_thresholds`; a list lookup after the first)."""
+        if self.raise_malloc_thresholds and xs[0].device.type == "cpu" and not graph_mode():
+            _raise_malloc_thresholds()
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
         functorch = functorch_active()  # torch.func (vmap, jacfwd, grad, ...)
         # vmap has no channels_last for its batched (one dim higher) tensors: NCHW under torch.func
@@ -284,8 +290,6 @@ class PerceptualDistance(nn.Module):
             empty = self.backbone(self._normalize([x0]))
             return empty, empty
         grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
-        if (grad0 or grad1) and self.raise_malloc_thresholds and x0.device.type == "cpu":
-            _raise_malloc_thresholds()  # once per process; a list lookup after that
         if grad0 != grad1:
             # A loss: gradients for one side only (the network output, not the target). Run the other
             # side without autograd, so backward covers n images instead of 2n (half the backward
