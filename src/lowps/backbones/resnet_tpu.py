@@ -175,26 +175,32 @@ def _width_im2col_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
                     (3, 0))
 
 
-def _pool_sub_batches(first: torch.Tensor, conv: Callable[[int], torch.Tensor], n: int, step: int,
+def _pool_sub_batches(conv: Callable[[int], torch.Tensor], n: int, step: int,
                       keep_indices: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The stem's TF-SAME 3x3/2 max-pool and ReLU of ``n`` images whose conv runs in sub-batches of ``step``
-    (``first``: the first sub-batch's conv output; ``conv(i)``: the one starting at image ``i``), each
-    pooled straight into its rows of one output instead of concatenating pooled parts (~15% of the
-    pooling's time for 8 images at 256x256 on an AMD EPYC Zen 4). Returns the output and, with
-    ``keep_indices`` (for a backward), the pool's indices of all ``n`` images; without, the pool is
-    `separable_max_pool` through one sub-batch's scratch (no indices; any float dtype)."""
-    ch, cw = first.shape[-2:]
-    fmt = torch.channels_last if first.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    shape = (n, first.shape[1], (ch - 1) // 2 + 1, (cw - 1) // 2 + 1)
-    out = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=fmt)
+    (``conv(i)``: the conv output of the sub-batch starting at image ``i``), each pooled straight into its
+    rows of one output instead of concatenating pooled parts (~15% of the pooling's time for 8 images
+    at 256x256 on an AMD EPYC Zen 4). Returns the output and, with ``keep_indices`` (for a backward),
+    the pool's indices of all ``n`` images; without, the pool is `separable_max_pool` through one
+    sub-batch's scratch (no indices; any float dtype).
+
+    Only one sub-batch's conv output is alive at a time: the helper makes the first one itself (no
+    caller's argument keeps it alive through the loop, which cost 4 MiB of peak at 64x64/32)."""
+    y = conv(0)
+    ch, cw = y.shape[-2:]
+    fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    shape = (n, y.shape[1], (ch - 1) // 2 + 1, (cw - 1) // 2 + 1)
+    out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
     if keep_indices:
-        idx = torch.empty(shape, dtype=torch.int64, device=first.device, memory_format=fmt)
+        idx = torch.empty(shape, dtype=torch.int64, device=y.device, memory_format=fmt)
         pad = list(_tf_same_padding(ch, cw))
     else:
-        scratch = torch.empty((min(step, n), shape[1], shape[2], cw), dtype=first.dtype, device=first.device,
+        scratch = torch.empty((min(step, n), shape[1], shape[2], cw), dtype=y.dtype, device=y.device,
                               memory_format=fmt)
     for i in range(0, n, step):
-        y = first if i == 0 else conv(i)
+        if i:
+            del y  # free the previous sub-batch's conv output before making the next
+            y = conv(i)
         k = y.shape[0]
         if keep_indices:
             torch.ops.aten.max_pool2d_with_indices.out(y, [3, 3], [2, 2], pad, [1, 1], True, out=out[i:i + k],
@@ -222,7 +228,7 @@ class _LossStem(torch.autograd.Function):
             return _width_im2col_conv(xi, weight, bias) if width_im2col else F.conv2d(xi, weight, bias, 2, 3)
         # Sub-batches pool straight into the output and the saved indices (no concatenation of 32 MiB
         # of pooled maps and 64 MiB of int64 indices per 256x256/32 batch).
-        out, idx = _pool_sub_batches(conv(0), conv, n, step, keep_indices=True)
+        out, idx = _pool_sub_batches(conv, n, step, keep_indices=True)
         ctx.save_for_backward(out, idx, weight)
         ctx.conv_hw, ctx.size, ctx.step, ctx.polyphase = (ch, cw), (h, w), step, polyphase
         ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
@@ -840,7 +846,7 @@ class TPUResNet(nn.Module):
             return _width_im2col_conv(v, self.conv1.weight, self.conv1.bias) if width else self.bn1(self.conv1(v))
         if step >= 1:
             step = min(step, n)
-            return _pool_sub_batches(conv(x[:step]), lambda i: conv(x[i:i + step]), n, step)[0]
+            return _pool_sub_batches(lambda i: conv(x[i:i + step]), n, step)[0]
         rows = max(1, self.stem_chunk_pixels // (4 * w))  # pooled rows per band (4 input rows each)
         pooled_h = ((h - 1) // 2 + 2) // 2
         return torch.cat([torch.cat([self._stem_band(x[i:i + 1], k, min(k + rows, pooled_h))
