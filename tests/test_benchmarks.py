@@ -103,6 +103,20 @@ def test_bench_kernels_tiny_run_alternatives_agree():
     assert all(float(row.split()[-1]) < 1e-4 for row in rows)  # the same values, to float rounding
 
 
+@pytest.mark.slow
+def test_bench_breakdown_pieces_cover_the_network():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_breakdown.py"), "--size", "32", "--batch",
+                        "3", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if " ms" in line and not line.startswith("#")}
+    assert {"stem", "stages", "backbone", "call", "pool+ReLU", "outside"} <= set(rows), r.stdout
+    counted = {k: float(rows[k][-3]) for k in ("stages", "backbone")}
+    stem_conv = float(next(line for line in r.stdout.splitlines() if line.startswith("stem conv")).split()[-3])
+    # the stem conv and the stages are every multiply-add of the network (ResNet-6 at 32x32: 6 images)
+    assert stem_conv + counted["stages"] == pytest.approx(counted["backbone"], abs=2e-3)  # printed to 1e-3
+    assert counted["backbone"] == pytest.approx(6 * 33.23 / 4, rel=2e-3)  # 33.2 M MACs per 64x64 image
+
+
 def test_backward_roofline_factor_matches_counted_multiply_adds():
     # bench_distance --backward --roofline counts one forward of both images and multiplies by
     # BACKWARD_MAC_FACTOR: check that against the multiply-adds autograd actually runs (plain ops
