@@ -147,6 +147,12 @@ def test_stem_pool_keeps_one_sub_batch_conv_output_alive(keep_indices):
     out, idx = _pool_sub_batches(conv, 7, 3, keep_indices=keep_indices)
     assert len(made) == 3 and (idx is not None) == keep_indices
     assert torch.equal(out, tf_same_max_pool(x).relu())
+    # off CPU (here: the meta device, shapes only) inference pools with the max-pool kernel per
+    # sub-batch and a scratch for its indices, one launch per sub-batch instead of four
+    xm = torch.empty(7, 4, 10, 12, device="meta").contiguous(memory_format=torch.channels_last)
+    om, im = _pool_sub_batches(lambda i: xm[i:i + 3], 7, 3, keep_indices=keep_indices)
+    assert om.shape == out.shape and om.is_contiguous(memory_format=torch.channels_last)
+    assert (im is not None) == keep_indices
 
 
 @pytest.mark.parametrize("arch", ["resnet6", "resnet10"])

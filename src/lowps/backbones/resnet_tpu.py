@@ -181,8 +181,9 @@ def _pool_sub_batches(conv: Callable[[int], torch.Tensor], n: int, step: int,
     (``conv(i)``: the conv output of the sub-batch starting at image ``i``), each pooled straight into its
     rows of one output instead of concatenating pooled parts (~15% of the pooling's time for 8 images
     at 256x256 on an AMD EPYC Zen 4). Returns the output and, with ``keep_indices`` (for a backward),
-    the pool's indices of all ``n`` images; without, the pool is `separable_max_pool` through one
-    sub-batch's scratch (no indices; any float dtype).
+    the pool's indices of all ``n`` images; without, on CPU the pool is `separable_max_pool` through one
+    sub-batch's scratch (no indices; any float dtype), elsewhere one max-pool kernel per sub-batch
+    (fewer launches on a GPU) with one sub-batch's scratch indices.
 
     Only one sub-batch's conv output is alive at a time: the helper makes the first one itself (no
     caller's argument keeps it alive through the loop, which cost 4 MiB of peak at 64x64/32)."""
@@ -191,22 +192,24 @@ def _pool_sub_batches(conv: Callable[[int], torch.Tensor], n: int, step: int,
     fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     shape = (n, y.shape[1], (ch - 1) // 2 + 1, (cw - 1) // 2 + 1)
     out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
-    if keep_indices:
-        idx = torch.empty(shape, dtype=torch.int64, device=y.device, memory_format=fmt)
-        pad = list(_tf_same_padding(ch, cw))
-    else:
+    separable = not keep_indices and y.device.type == "cpu"
+    if separable:
         scratch = torch.empty((min(step, n), shape[1], shape[2], cw), dtype=y.dtype, device=y.device,
                               memory_format=fmt)
+    else:
+        idx = torch.empty((n if keep_indices else min(step, n), *shape[1:]), dtype=torch.int64, device=y.device,
+                          memory_format=fmt)
+        pad = list(_tf_same_padding(ch, cw))
     for i in range(0, n, step):
         if i:
             del y  # free the previous sub-batch's conv output before making the next
             y = conv(i)
         k = y.shape[0]
-        if keep_indices:
-            torch.ops.aten.max_pool2d_with_indices.out(y, [3, 3], [2, 2], pad, [1, 1], True, out=out[i:i + k],
-                                                       indices=idx[i:i + k])
-        else:
+        if separable:
             separable_max_pool(y, out[i:i + k], scratch[:k])
+        else:
+            torch.ops.aten.max_pool2d_with_indices.out(y, [3, 3], [2, 2], pad, [1, 1], True, out=out[i:i + k],
+                                                       indices=idx[i:i + k] if keep_indices else idx[:k])
         out[i:i + k].relu_()  # the stem's ReLU (after the pool: the same values), while the rows are in cache
     return out, (idx if keep_indices else None)
 
