@@ -23,8 +23,9 @@ Each metric runs alone in a fresh child process once per mode, the modes alterna
 * ``default``: glibc with its own (dynamic) thresholds, lowps as shipped: on its first eager CPU
   call (loss or inference) it raises them to their ceiling (`lowps._cpu.raise_malloc_thresholds`); the
   caller's ``MALLOC_*`` and ``LD_PRELOAD`` are removed;
-* ``no-raise``: the same with ``PerceptualDistance.raise_malloc_thresholds = False`` (lowps before
-  2026-12-04; LPIPS rows are unaffected);
+* ``no-raise``: the same with ``PerceptualDistance.raise_malloc_thresholds`` and
+  ``LPIPS.raise_malloc_thresholds`` False (lowps before 2026-12-04; the ``lpips`` package's rows,
+  ``lpips-NET``, are unaffected; lowps's drop-in, ``lowps.lpips-NET``, is);
 * ``tuned``: glibc with ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` fixed (blocks up to
   32 MiB from the heap, freed memory kept for reuse; fixing either turns the dynamic thresholds off);
 * one mode per ``--mode NAME VAR=VALUE ...``: those settings, e.g. another allocator through
@@ -87,6 +88,7 @@ def child(metric: str, size: int, batch: int, steps: int, backward: bool) -> dic
 
     if os.environ.get(NO_RAISE_VAR) == "0":
         lowps.PerceptualDistance.raise_malloc_thresholds = False
+        lowps.LPIPS.raise_malloc_thresholds = False
     torch.manual_seed(0)
     fn = make(metric, "cpu")
     x, y = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)

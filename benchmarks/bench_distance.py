@@ -42,7 +42,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make(name: str, device: str):
-    """The metric of a spec: ``lpips-NET[:ac]`` or ``lowps:HEAD[:PRECISION][:ac]`` (``ac``: bf16 autocast)."""
+    """The metric of a spec: ``lpips-NET[:ac]`` (the ``lpips`` package), ``lowps.lpips-NET[:ac]`` (lowps's
+    drop-in `lowps.LPIPS`, random trunk and linear layers: speed only) or ``lowps:HEAD[:PRECISION][:ac]``
+    (``ac``: bf16 autocast)."""
     warnings.filterwarnings("ignore")
     parts = name.split(":")
     autocast = parts[-1] == "ac"
@@ -54,6 +56,12 @@ def make(name: str, device: str):
         net = lpips.LPIPS(net=parts[0].split("-")[1], pnet_rand=True, verbose=False).to(device).eval()
         net.requires_grad_(False)
         fn = lambda a, b: net(a, b, normalize=True)  # noqa: E731
+    elif parts[0].startswith("lowps.lpips-"):
+        import lowps
+
+        ours = lowps.LPIPS(net=parts[0].split("-")[1], pretrained=False, pnet_rand=True, verbose=False).to(device)
+        ours.requires_grad_(False)
+        fn = lambda a, b: ours(a, b, normalize=True)  # noqa: E731
     else:
         import lowps
 
@@ -213,7 +221,8 @@ def main() -> None:
     p.add_argument("--metrics", nargs="+", default=["lpips-alex", "lpips-vgg", "lpips-squeeze", "lowps:meanpool",
                                                      "lowps:local", "lowps:style", "lowps:linear",
                                                      "lowps:meanpool:bf16"],
-                   help="lpips-NET, or lowps:HEAD[:PRECISION] (PRECISION fp32 (default), bf16 or fp16)")
+                   help="lpips-NET, lowps.lpips-NET (lowps.LPIPS), or lowps:HEAD[:PRECISION] (PRECISION fp32 "
+                        "(default), bf16 or fp16)")
     p.add_argument("--min-time", type=float, default=1.0,
                    help="seconds of timed calls per metric and configuration (at least 3 rounds)")
     p.add_argument("--max-pixels", type=float, default=256 * 256 * 256,

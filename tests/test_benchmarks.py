@@ -16,12 +16,12 @@ def test_bench_distance_tiny_run_with_memory(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distance.py"), "--sizes", "32",
                         "--batches", "2", "--min-time", "0.01", "--memory", "--json", str(out),
-                        "--metrics", "lpips-alex", "lowps:meanpool", "lowps:local:bf16"],
+                        "--metrics", "lpips-alex", "lowps:meanpool", "lowps:local:bf16", "lowps.lpips-alex"],
                        capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
                                                                          "LOWPS_BENCH_WEIGHTS": "random"})
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [row["metric"] for row in rows] == ["lpips-alex", "lowps:meanpool", "lowps:local:bf16"]
+    assert [row["metric"] for row in rows] == ["lpips-alex", "lowps:meanpool", "lowps:local:bf16", "lowps.lpips-alex"]
     assert rows[0]["ratio_to_alex"] == 1.0
     assert all(row["pairs_per_s"] > 0 and row["peak_mib"] is not None for row in rows)
     assert "lowps:local:bf16" in r.stdout

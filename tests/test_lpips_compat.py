@@ -250,3 +250,22 @@ def test_offline_error_says_what_to_place_not_pnet_rand(monkeypatch, tmp_path):
     with pytest.raises(Exception, match=r"233 MB.*place it at") as e:
         lowps.LPIPS(net="alex", verbose=False)
     assert "not LPIPS" in str(e.value)
+
+
+def test_first_cpu_call_raises_the_malloc_thresholds_unless_switched_off(monkeypatch):
+    # As PerceptualDistance: alone in a process, the SqueezeNet trunk page-faulted ~15,000 times per
+    # 64x64/32 inference call before (AlexNet's and VGG's constructors raise the thresholds by accident).
+    import lowps.lpips_compat as lc
+
+    calls = []
+    monkeypatch.setattr(lc, "_raise_malloc_thresholds", lambda: calls.append(1) or True)
+    m = lowps.LPIPS(net="squeeze", pretrained=False, pnet_rand=True, verbose=False)
+    x0, x1 = random_pair(32, 32)
+    with torch.inference_mode():
+        m(x0, x1, normalize=True)
+    m(x0.clone().requires_grad_(), x1, normalize=True).sum().backward()
+    assert len(calls) == 2
+    monkeypatch.setattr(lowps.LPIPS, "raise_malloc_thresholds", False)
+    with torch.inference_mode():
+        m(x0, x1, normalize=True)
+    assert len(calls) == 2
