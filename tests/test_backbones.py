@@ -106,6 +106,8 @@ def test_tf_same_max_pool_low_precision_path_is_exact(dtype, size):
         y = tf_same_max_pool(x)
     assert torch.equal(y, ref)
     assert y.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():  # unbatched (C, H, W), as max_pool2d takes it
+        assert torch.equal(tf_same_max_pool(x[1].contiguous()), ref[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

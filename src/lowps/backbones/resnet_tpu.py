@@ -86,16 +86,17 @@ def separable_max_pool(x: torch.Tensor, out: torch.Tensor | None = None,
     The stem's pool at inference: it writes no int64 indices nobody reads, and on CPU it is ~1.3-1.6x
     faster than ``max_pool2d_with_indices`` for float32 channels_last maps on an AMD EPYC (Zen 4) and
     several times faster for bf16/fp16, whose CPU max-pool kernel is slow."""
-    n, c, h, w = x.shape
+    *lead, h, w = x.shape  # (N, C, H, W) or unbatched (C, H, W), as max_pool2d
     ph, pw = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
     if scratch is None:
-        scratch = torch.empty((n, c, ph, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        scratch = torch.empty((*lead, ph, w), dtype=x.dtype, device=x.device, memory_format=fmt)
     if out is None:
-        out = torch.empty((n, c, ph, pw), dtype=x.dtype, device=x.device, memory_format=fmt)
+        out = torch.empty((*lead, ph, pw), dtype=x.dtype, device=x.device, memory_format=fmt)
     # rows first: in either layout a row is one contiguous run, so the first (larger) pass reads whole runs
-    _max3s2_along(x, 2, scratch)
-    _max3s2_along(scratch, 3, out)
+    _max3s2_along(x, x.ndim - 2, scratch)
+    _max3s2_along(scratch, x.ndim - 1, out)
     return out
 
 
