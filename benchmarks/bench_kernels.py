@@ -12,6 +12,8 @@ Times, in interleaved rounds (medians, ms per call), the alternatives lowps chos
 * the stem's forward (conv + max-pool, sub-batches of 16 images as at inference): channels_last,
   NCHW conv with a channels_last pool, space-to-depth (a 4x4 conv over 12 channels), and a
   width-im2col (21 channels, a 7x1 conv);
+* the stem's max-pool alone on one sub-batch: the indices kernel against `separable_max_pool`
+  (each into its own preallocated buffers);
 * the 3x3 convs on ResNet-6's small late maps at 64x64 input (stages 3 and 4), channels_last
   against NCHW (`SingleConvBlock.small_map_nchw`), and their input gradients: oneDNN's
   backward-data kernel (channels_last and NCHW) against one matrix product plus nine strided adds
@@ -42,6 +44,7 @@ from lowps.backbones.resnet_tpu import (  # noqa: E402
     _polyphase_input_grad,
     _polyphase_kernel,
     _width_im2col_conv,
+    separable_max_pool,
 )
 
 CL = torch.channels_last
@@ -129,6 +132,24 @@ def main() -> None:
             "space-to-depth (12 ch, 4x4 conv)": per16(s2d, xc),
             "width im2col (21 ch, 7x1 conv; lowps)": per16(width_col, xc),
         },
+    }
+    # The stem's pool alone, one 16-image sub-batch of its conv output, as inference runs it: with the
+    # indices kernel into a preallocated output and index scratch (lowps until 2026-12-04 evening)
+    # against two passes of elementwise maxima into preallocated buffers (`separable_max_pool`)
+    ys = F.conv2d(xc[:16], wc, b, 2, 3)
+    ch = ys.shape[-1]
+    ph = (ch - 1) // 2 + 1
+    p_out, p_out2 = (torch.empty(ys.shape[0], 64, ph, ph).contiguous(memory_format=CL) for _ in range(2))
+    p_idx = torch.empty(p_out.shape, dtype=torch.int64).contiguous(memory_format=CL)
+    p_scratch = torch.empty(ys.shape[0], 64, ph, ch).contiguous(memory_format=CL)
+
+    def pool_indices() -> torch.Tensor:
+        torch.ops.aten.max_pool2d_with_indices.out(ys, [3, 3], [2, 2], [ch % 2, ch % 2], [1, 1], True, out=p_out,
+                                                   indices=p_idx)
+        return p_out
+    groups[f"stem max-pool, {ys.shape[0]} x 64 x {ch} x {ch} channels_last"] = {
+        "max_pool2d_with_indices into buffers": pool_indices,
+        "separable maxima into buffers (lowps)": lambda: separable_max_pool(ys, p_out2, p_scratch),
     }
     for name, (cin, cout, hw) in {"stage 3 (8x8 -> 4x4)": (128, 256, 8), "stage 4 (4x4 -> 2x2)": (256, 512, 4)}.items():
         xs = torch.randn(n, cin, hw, hw, generator=g)

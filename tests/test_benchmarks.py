@@ -96,7 +96,7 @@ def test_bench_kernels_tiny_run_alternatives_agree():
                         "32", "--rounds", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.strip().endswith(tuple("0123456789")) and " ms " in line]
-    assert len(rows) == 23
+    assert len(rows) == 25
     assert sum("NCHW gradient converted" in row for row in rows) == 1  # the ReLU-mask layout group
     assert any("row polyphase" in row for row in rows) and any("2-D polyphase" in row for row in rows)
     assert sum("9 strided adds" in row for row in rows) == 2

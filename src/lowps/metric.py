@@ -234,8 +234,8 @@ class PerceptualDistance(nn.Module):
     #: On the first eager CPU call (inference or a loss), raise glibc's dynamic malloc thresholds to their
     #: ceiling, once per process (`lowps._cpu.raise_malloc_thresholds`). Without it, a process where
     #: lowps is the only model hands the top of its heap back to the kernel after every call and
-    #: re-faults it in the next: ~4,000-6,000 page faults per call at 64x64/32, ~1.2x the time of a loss
-    #: step and ~1.4x that of an inference call on the CPUs measured (docs/performance.md, "Alone in a
+    #: re-faults it in the next: ~4,000-6,000 page faults per call at 64x64/32 and ~1.1-1.2x the time of
+    #: a loss step or an inference call on the CPUs measured (docs/performance.md, "Alone in a
     #: process"). The process then keeps up to 64 MiB of freed heap for reuse, as it would after
     #: freeing any block of 16-32 MiB. ``False`` leaves the allocator alone.
     raise_malloc_thresholds: bool = True

@@ -83,8 +83,9 @@ def separable_max_pool(x: torch.Tensor, out: torch.Tensor | None = None,
     """`tf_same_max_pool`'s values (exactly: max is exact) as two passes of elementwise maxima, rows
     then columns, without autograd; into ``out`` (and through the row pass's ``scratch``) when given.
 
-    The stem's pool at inference: it writes no int64 indices nobody reads, and on CPU it is ~1.3-1.6x
-    faster than ``max_pool2d_with_indices`` for float32 channels_last maps on an AMD EPYC (Zen 4) and
+    The stem's pool at inference: it writes no int64 indices nobody reads, and on CPU it took 0.15-0.25 ms
+    against ``max_pool2d_with_indices``'s 0.44-0.48 ms for one float32 channels_last sub-batch of a
+    64x64 batch on an AMD EPYC (Zen 4; ``benchmarks/bench_kernels.py``, "stem max-pool"), and is
     several times faster for bf16/fp16, whose CPU max-pool kernel is slow."""
     *lead, h, w = x.shape  # (N, C, H, W) or unbatched (C, H, W), as max_pool2d
     ph, pw = (h - 1) // 2 + 1, (w - 1) // 2 + 1
