@@ -74,9 +74,11 @@ def main() -> None:
             "backbone": lambda: metric.backbone(xn), "call": lambda: metric(x, y)}
         work = {k: macs(pieces[k]) for k in ("stem conv", "stages", "backbone")}
         times: dict[str, list[float]] = {k: [] for k in pieces}
-        calls = max(1, int(0.2 / max(1e-4, (n * a.size * a.size) / (64 * 64 * 64) * 0.025)))
-        for f in pieces.values():
+        for f in pieces.values():  # warm-up
             f()
+        t = time.perf_counter()
+        pieces["call"]()
+        calls = max(1, round(0.2 / (time.perf_counter() - t)))  # ~0.2 s of whole calls per piece and round
         for _ in range(a.rounds):
             for k, f in pieces.items():
                 t = time.perf_counter()
