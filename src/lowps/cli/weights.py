@@ -3,11 +3,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _cmd_weights(a: argparse.Namespace) -> int:
     from .. import weights
 
+    if a.action == "list" and a.remote:
+        from ..weights.gcs import catalogue
+
+        if a.remote != "kumar2022":
+            raise ValueError(f"--remote {a.remote}: the only remote catalogue is kumar2022 (the paper's bucket)")
+        cat = catalogue()
+        if a.json:
+            print(json.dumps([{"name": f"kumar2022:{e.short}", "arch": e.arch, "step": e.step, "uri": e.uri}
+                              for e in cat], indent=1))
+            return 0
+        print(f"{'name':36s} {'backbone':20s} {'step':>8s}  object")
+        for e in cat:
+            print(f"{'kumar2022:' + e.short:36s} {e.arch:20s} {e.step:8d}  {e.uri}")
+        print(f"{len(cat)} checkpoints; use as weights=NAME with backbone=BACKBONE", file=sys.stderr)
+        return 0
     if a.action == "list":
         entries = weights.list_weights()
         status = {e.name: "embedded" if e.embedded else ("cached" if e.local_path().is_file() else "remote")
@@ -27,7 +43,14 @@ def _cmd_weights(a: argparse.Namespace) -> int:
                 line += f"  {e.sha256}  {', '.join(e.urls) if e.urls else 'in the package'}"
             print(line)
         return 0
-    if a.action == "download":
+    if a.action == "download" and a.name.startswith(("gs://", "kumar2022:")):
+        from ..weights.gcs import fetch_checkpoint, resolve_short_name
+
+        arch = a.arch or (resolve_short_name(a.name).arch if a.name.startswith("kumar2022:") else None)
+        if arch is None:
+            raise ValueError("a gs:// checkpoint needs --arch (resnet6, resnet50_tpu, resnet200_tpu, ...)")
+        print(fetch_checkpoint(a.name, arch, progress=not a.quiet))
+    elif a.action == "download":
         print(weights.download(a.name, progress=not a.quiet))
     elif a.action == "path":
         print(weights.path(a.name))
@@ -56,10 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                          ("verify", "check the sha256"), ("path", "print the local path")]:
         s = wsub.add_parser(action, help=text)
         if action != "list":
-            s.add_argument("name", help="registry name (see `lowps weights list`)")
+            extra = "; or gs://BUCKET/PATH/model.ckpt-N, kumar2022:ARCH@STEP" if action == "download" else ""
+            s.add_argument("name", help="registry name (see `lowps weights list`)" + extra)
         else:
             s.add_argument("--long", action="store_true", help="also show each file's sha256 and source")
             s.add_argument("--json", action="store_true", help="print the registry as JSON")
+            s.add_argument("--remote", default=None, metavar="CATALOGUE",
+                           help="list a remote catalogue instead: kumar2022 (the paper's checkpoints, "
+                           "gs://gresearch/perceptual_similarity)")
+        if action == "download":
+            s.add_argument("--arch", default=None, help="for gs:// checkpoints: the backbone they are for")
         s.add_argument("--quiet", action="store_true", help="no progress bar")
         s.set_defaults(func=_cmd_weights)
     c = wsub.add_parser("convert", help="convert a TF checkpoint of the paper's TPU ResNet code to safetensors")

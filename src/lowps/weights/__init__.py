@@ -6,7 +6,9 @@
   loaded with no network);
 * ``"random"``: a seeded random initialisation (the paper's random-network baseline);
 * ``"timm"``: timm's own pretrained weights for a timm model (fetched by timm/huggingface_hub);
-* a registry name (`list`), a local ``.safetensors`` / ``.pth`` file, or an http(s) URL.
+* a registry name (`list`), a local ``.safetensors`` / ``.pth`` file, or an http(s) URL;
+* ``"gs://BUCKET/PATH/model.ckpt-N"`` or ``"kumar2022:<arch>@<step>"``: the paper's TensorFlow
+  checkpoints from Google Cloud Storage, converted without TensorFlow (`lowps.weights.gcs`).
 
 Registry entries live in ``manifest.json`` next to this file: name, architecture, file, URLs,
 sha256, size, license, source, recipe and known metrics. Embedded entries ship in the wheel;
@@ -327,7 +329,14 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
         bb.model.load_state_dict(pretrained.state_dict())
         bb.weights_name, bb.weights_sha256 = "timm", None
         return bb
-    state, meta, digest = load_state_dict(weights)
+    spec = os.fspath(weights)
+    if spec.startswith(("gs://", "kumar2022:")):  # the paper's checkpoints: fetched, converted, cached
+        from .gcs import fetch_checkpoint
+
+        state, meta, digest = load_state_dict(fetch_checkpoint(spec, arch))
+        meta["lowps_name"] = spec
+    else:
+        state, meta, digest = load_state_dict(weights)
     file_arch = meta.get("arch")
     if file_arch and file_arch != arch:
         raise WeightsError(f"weights {os.fspath(weights)!r} are for {file_arch!r}, not for backbone {arch!r}; "

@@ -8,7 +8,8 @@ variables are named by creation order: ``conv2d/kernel``, ``conv2d_1/kernel``, .
 per block the projection shortcut (conv + BN, first block of every stage) followed by the main-path
 convs and BNs, then the classifier. Kernels are HWIO (TF) and become OIHW (PyTorch).
 
-Reading needs TensorFlow (``pip install 'lowps[convert]'``); nothing else in lowps does.
+The checkpoint is read without TensorFlow (`lowps.weights.tf_checkpoint`); the ``convert`` extra
+(TensorFlow) is only needed by the tests that check the reader against TensorFlow's own.
 """
 from __future__ import annotations
 
@@ -87,21 +88,16 @@ def state_dict_from_tf_arrays(model: TPUResNet, arrays: dict[str, np.ndarray]) -
 
 def convert_tf_checkpoint(prefix: str | os.PathLike[str], arch: str, out: str | os.PathLike[str],
                           num_classes: int | None = None) -> str:
-    """Read TF checkpoint ``prefix`` (e.g. ``.../model.ckpt-1000``), write ``out`` (safetensors); return sha256."""
-    import torchvision.models  # noqa: F401  (importing torchvision after TensorFlow segfaults; load it first)
+    """Read TF checkpoint ``prefix`` (e.g. ``.../model.ckpt-1000``), write ``out`` (safetensors); return sha256.
 
-    try:
-        import tensorflow as tf
-    except ImportError as e:
-        raise ImportError("converting TensorFlow checkpoints needs TensorFlow: pip install 'lowps[convert]'") from e
+    The checkpoint is read by `lowps.weights.tf_checkpoint` (no TensorFlow needed); every tensor's
+    CRC32C is checked."""
+    from .tf_checkpoint import TFCheckpoint
+
     arch = _ARCH_ALIASES.get(arch, arch)
-    try:
-        reader = tf.train.load_checkpoint(os.fspath(prefix))
-    except Exception as e:  # TF raises NotFoundError / DataLossError
-        raise WeightsError(f"cannot read TensorFlow checkpoint {prefix}: {e}. Pass the prefix "
-                           "(model.ckpt-N), not the .index or .data file") from e
-    shapes = reader.get_variable_to_shape_map()
-    arrays = {name: reader.get_tensor(name) for name in shapes if _LAYER_RE.match(name)}
+    reader = TFCheckpoint(prefix)
+    names = [name for name in reader.tensors if _LAYER_RE.match(name)]
+    arrays = {name: reader.get_tensor(name).float().numpy() for name in names}
     if num_classes is None:
         dense_bias = [v for k, v in arrays.items() if k.endswith("dense/bias")]
         # The TPU code uses 1001 classes (index 0 = background) for ImageNet; keep what the file has.
@@ -111,7 +107,7 @@ def convert_tf_checkpoint(prefix: str | os.PathLike[str], arch: str, out: str | 
         raise WeightsError(f"--arch must be a TPU-style ResNet (resnet6, resnet10, resnet18_tpu, resnet50_tpu, "
                            f"resnet200_tpu), got {arch!r}")
     state = state_dict_from_tf_arrays(model, arrays)
-    _strict_load(model, state, f"converted checkpoint {prefix}")
-    step = int(reader.get_tensor("global_step")) if "global_step" in shapes else -1
+    _strict_load(model, state, f"converted checkpoint {reader.prefix}")
+    step = int(reader.get_tensor("global_step")) if "global_step" in reader.tensors else -1
     return save_checkpoint(Path(out), model, arch=arch, num_classes=num_classes, step=step,
-                           source=f"tf:{Path(os.fspath(prefix)).name}")
+                           source=f"tf:{Path(reader.prefix).name}")

@@ -60,6 +60,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _md5_base64(path: Path) -> str:
+    import base64
+
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return base64.b64encode(h.digest()).decode()
+
+
 def _ensure_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,14 +84,15 @@ def _ensure_writable(directory: Path) -> None:
 def download_file(url: str | list[str], dest: str | os.PathLike[str], sha256: str | None, *,
                   size: int | None = None, progress: bool = True, timeout: float = 30.0,
                   retries: int = 3, backoff: float = 0.5, desc: str | None = None,
-                  deadline: float | None = None) -> Path:
+                  deadline: float | None = None, md5_base64: str | None = None) -> Path:
     """Fetch ``url`` (or the first working of several mirrors) to ``dest``; return ``dest``.
 
     Returns at once when ``dest`` exists with the right checksum. ``sha256=None`` skips the
     check (only for user-given URLs; every registry entry has a checksum). ``timeout`` bounds each
     connect/read; ``deadline`` bounds each attempt's whole transfer, so a server that trickles bytes
     cannot stall a call forever (default: ``$LOWPS_DOWNLOAD_DEADLINE`` or 1 hour, plus 1 s per 100 kB
-    of a known size).
+    of a known size). ``md5_base64``: the MD5 digest a server reports for the object (Google
+    Cloud Storage's ``md5Hash``), checked before the file enters the cache, as the sha256 is.
     """
     if deadline is None:
         deadline = float(os.environ.get("LOWPS_DOWNLOAD_DEADLINE", 3600)) + (size or 0) / 1e5
@@ -131,6 +142,12 @@ def download_file(url: str | list[str], dest: str | os.PathLike[str], sha256: st
         if size is not None and got_size != size:
             part.unlink(missing_ok=True)
             raise ChecksumError(f"{dest.name}: got {got_size} bytes, expected {size}; nothing was cached")
+        if md5_base64 is not None:
+            got_md5 = _md5_base64(part)
+            if got_md5 != md5_base64:
+                part.unlink(missing_ok=True)
+                raise ChecksumError(f"{dest.name}: MD5 {got_md5} does not match the server's {md5_base64}; "
+                                    "nothing was cached (the transfer was corrupted)")
         if sha256 is not None:
             got = sha256_file(part)
             if got != sha256:
