@@ -87,14 +87,26 @@ def build_scorer(metric: str = "lowps", config: MetricConfig | None = None, *, d
         return Scorer("ssim", ssim_fn, {"metric": "ssim", "distance": "1-SSIM", "window": "gaussian 11, sigma 1.5"})
     if metric.startswith("lpips-"):
         from .lpips_compat import LPIPS
+        from .weights.hub import sha256_file
 
-        net = metric.split("-", 1)[1]
-        lp = LPIPS(net=net, verbose=False).to(device)
+        # "lpips-alex" (torchvision's download cache) or "lpips-alex:FILE" (a local trunk state dict)
+        name, _, trunk_file = metric.partition(":")
+        net = name.split("-", 1)[1]
+        lp = LPIPS(net=net, verbose=False, pnet_path=trunk_file or None).to(device)
 
         def lp_fn(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return lp(a, b, normalize=True).flatten(), {}
-        return Scorer(metric, lp_fn, {"metric": metric, "version": "0.1"})
+        record = {"metric": name, "version": "0.1"}
+        if trunk_file:
+            record |= {"trunk_file": trunk_file, "trunk_sha256": sha256_file(trunk_file)}
+        return Scorer(name, lp_fn, record)
     raise ValueError(f"unknown metric {metric!r}; choose lowps or one of {', '.join(BASELINES)}")
+
+
+def _local_generator() -> torch.Generator:
+    """A DataLoader draws its workers' base seed from a generator, by default the global one: with
+    this local one, scoring leaves the caller's torch RNG untouched (nothing here is random)."""
+    return torch.Generator().manual_seed(0)
 
 
 def _my_batches(ds: Dataset, batch_size: int) -> tuple[int, int, list[list[int]]]:
@@ -111,7 +123,7 @@ def _distances(ds: Dataset, scorer: Scorer, mode: str, batch_size: int, device: 
                num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
     """Distances for every item of ``ds``; under torchrun each rank takes every world-th batch."""
     rank, world, mine = _my_batches(ds, batch_size)
-    loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers)
+    loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, generator=_local_generator())
     parts: list[tuple[list[int], dict[str, np.ndarray]]] = []
     for idx, batch in zip(mine, tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False)):
         out: dict[str, np.ndarray] = {}
@@ -170,6 +182,7 @@ def score_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: str
     return report
 
 
+@torch.no_grad()
 def _tuple_distances(ds: Dataset, scorer: Scorer, kind: str, batch_size: int, device: torch.device,
                      num_workers: int, progress: bool, desc: str) -> dict[str, np.ndarray]:
     """Distances for every record of an `ImageTuples` set.
@@ -179,7 +192,8 @@ def _tuple_distances(ds: Dataset, scorer: Scorer, kind: str, batch_size: int, de
     every world-th batch and rank 0 gathers.
     """
     rank, world, mine = _my_batches(ds, batch_size)
-    loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, collate_fn=list,
+                        generator=_local_generator())
     idx_out, d0_out, d1_out = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
         groups: dict[tuple, list] = {}

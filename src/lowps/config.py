@@ -56,9 +56,10 @@ class MetricConfig:
 
     backbone: str = field(default="resnet6", metadata=_cli(
         "lowps backbone (resnet6, resnet10, resnet18_tpu, ...) or timm model name"))
-    distance: str = field(default="meanpool", metadata=_cli(
-        "distance head: meanpool (the paper's best), local (LPIPS eq. 1), style (Gram), linear (trained LPIPS-style "
-        "weights)", choices=DISTANCES))
+    distance: str = field(default="local", metadata=_cli(
+        "distance head: local (LPIPS eq. 1; lowps's default since 0.3, chosen on human judgements: docs/models.md), "
+        "meanpool (the paper's best on BAPPS), style (Gram), linear (trained LPIPS-style weights)",
+        choices=DISTANCES))
     weights: WeightsSpec = field(default=None, metadata=_cli(
         "backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)"))
     layers: tuple[str | int, ...] | None = field(default=None, metadata=_cli(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -14,31 +15,52 @@ __all__ = ["distance", "get_metric", "clear_cache"]
 
 _CACHE: OrderedDict[tuple, PerceptualDistance] = OrderedDict()
 _CACHE_SIZE = 4
-_DEFAULTS = MetricConfig()
 
 
-def get_metric(backbone: str = "resnet6", distance: str = "meanpool", weights: WeightsSpec = None,
-               layers: Sequence[str | int] | None = None, input_range: tuple[float, float] | str = (0.0, 1.0),
-               head_weights: WeightsSpec = None, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32, precision: str = "fp32", check_inputs: bool = True,
-               force_precision: bool = False, style_norm: str = "hw", *,
+class _Unset:
+    """A keyword the caller did not pass (its `MetricConfig` default applies)."""
+
+    def __repr__(self) -> str:
+        return "<MetricConfig default>"
+
+
+#: The default of every metric keyword of `get_metric`/`distance`: "not given", so a keyword beside
+#: ``config=`` is refused even where it equals the default (it would otherwise be silently ignored).
+UNSET: Any = _Unset()
+_METRIC_KEYS = ("backbone", "distance", "weights", "layers", "input_range", "head_weights", "precision",
+                "check_inputs", "force_precision", "style_norm")
+
+
+def _config(config: MetricConfig | None, given: dict[str, Any]) -> MetricConfig:
+    options = {k: v for k, v in given.items() if v is not UNSET}
+    if config is None:
+        return MetricConfig(**options)
+    if not isinstance(config, MetricConfig):
+        raise TypeError(f"config must be a lowps.MetricConfig, got {type(config).__name__}")
+    if options:
+        names = ", ".join(f"{k}=" for k in options)
+        raise ValueError(f"pass the metric's options either as config= or as keywords, not both (got config= and "
+                         f"{names}); use config.replace({next(iter(options))}=...)")
+    return config
+
+
+def get_metric(backbone: str = UNSET, distance: str = UNSET, weights: WeightsSpec = UNSET,
+               layers: Sequence[str | int] | None = UNSET, input_range: tuple[float, float] | str = UNSET,
+               head_weights: WeightsSpec = UNSET, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32, precision: str = UNSET, check_inputs: bool = UNSET,
+               force_precision: bool = UNSET, style_norm: str = UNSET, *,
                config: MetricConfig | None = None) -> PerceptualDistance:
     """The cached `PerceptualDistance` for these options (or ``config``) on ``device``/``dtype`` (LRU of 4).
 
-    The cached modules work in every autograd mode in any order (inference_mode, no_grad, grad,
-    autocast), so one program can validate and train with the same cached metric.
+    Options default to `MetricConfig`'s defaults. Give them as keywords or as one ``config``, not
+    both: a keyword beside ``config=`` is an error, even one equal to its default. The cached
+    modules work in every autograd mode in any order (inference_mode, no_grad, grad, autocast), so
+    one program can validate and train with the same cached metric.
     """
-    options = MetricConfig(backbone=backbone, distance=distance, weights=weights,
-                           layers=layers,  # type: ignore[arg-type]  # normalised to a tuple
-                           input_range=input_range,  # type: ignore[arg-type]  # parsed from "lo,hi"
-                           head_weights=head_weights, precision=precision,
-                           check_inputs=check_inputs, force_precision=force_precision, style_norm=style_norm)
-    if config is None:
-        config = options
-    elif options != _DEFAULTS:
-        changed = [k for k, v in options.to_dict().items() if v != _DEFAULTS.to_dict()[k]]
-        raise ValueError(f"pass the metric's options either as config= or as keywords, not both (got config= and "
-                         f"{', '.join(changed)}); use config.replace({changed[0]}=...)")
+    config = _config(config, {"backbone": backbone, "distance": distance, "weights": weights, "layers": layers,
+                              "input_range": input_range, "head_weights": head_weights, "precision": precision,
+                              "check_inputs": check_inputs, "force_precision": force_precision,
+                              "style_norm": style_norm})
     dev = torch.device(device) if device is not None else torch.device("cpu")
     key = (config, str(dev), dtype)
     m = _CACHE.get(key)
@@ -57,11 +79,11 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def distance(img0: ImageLike, img1: ImageLike, backbone: str = "resnet6", distance: str = "meanpool",
-             weights: WeightsSpec = None, layers: Sequence[str | int] | None = None,
-             input_range: tuple[float, float] | str = (0.0, 1.0), head_weights: WeightsSpec = None,
-             per_layer: bool = False, precision: str = "fp32", check_inputs: bool = True,
-             force_precision: bool = False, style_norm: str = "hw", *,
+def distance(img0: ImageLike, img1: ImageLike, backbone: str = UNSET, distance: str = UNSET,
+             weights: WeightsSpec = UNSET, layers: Sequence[str | int] | None = UNSET,
+             input_range: tuple[float, float] | str = UNSET, head_weights: WeightsSpec = UNSET,
+             per_layer: bool = False, precision: str = UNSET, check_inputs: bool = UNSET,
+             force_precision: bool = UNSET, style_norm: str = UNSET, *,
              config: MetricConfig | None = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Perceptual distance between ``img0`` and ``img1`` (Kumar et al. 2022), shape (N,).
 
@@ -71,7 +93,8 @@ def distance(img0: ImageLike, img1: ImageLike, backbone: str = "resnet6", distan
     the CPU in float32). Gradients flow to tensor inputs, so this works as a training loss, on raw
     network outputs too: values up to 10% of the range's width outside ``input_range`` are taken
     as they are (see `lowps.inputs.check_range`). Options are those of
-    `lowps.PerceptualDistance` (the fields of `lowps.MetricConfig`), or one ``config``.
+    `lowps.PerceptualDistance` (the fields of `lowps.MetricConfig`, with its defaults: ResNet-6,
+    ``distance="local"``), or one ``config`` (not both).
 
     (``distance=`` names the head, as everywhere in the API; the parameter shadows this function's
     name only inside its own body.)

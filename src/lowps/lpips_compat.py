@@ -56,12 +56,52 @@ LPIPS_NETS = ("alex", "vgg", "vgg16", "squeeze")
 _WEIGHT_ENUMS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "squeezenet1_1": "SqueezeNet1_1_Weights"}
 
 
-def _torchvision_trunk(arch: str, pretrained: bool) -> nn.Sequential:
-    """torchvision ``arch().features`` with ImageNet weights (``pretrained``) or random init."""
+def _trunk_from_file(arch: str, path: str | os.PathLike[str]) -> nn.Sequential:
+    """torchvision ``arch().features`` loaded from a local state dict: the whole torchvision file
+    (``features.N.*`` and ``classifier.*`` keys) or the features alone (``features.N.*`` or ``N.*``).
+    Loaded strictly: a trunk that silently kept random layers would be a different metric."""
+    import torchvision.models as tvm
+
+    from .weights import WeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pnet_path={os.fspath(path)!r}: no such file (a torchvision {arch} state dict, "
+                                "the whole model or its features)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, truncated files
+        raise WeightsError(f"pnet_path={os.fspath(path)!r} is not a readable PyTorch state dict ({e})") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"pnet_path={os.fspath(path)!r} does not hold a state dict of tensors")
+    features = getattr(tvm, arch)(weights=None).features
+    trunk = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not trunk:  # a features-only file saved from `model.features.state_dict()`
+        trunk = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    want = features.state_dict()
+    missing, unexpected = sorted(set(want) - set(trunk)), sorted(set(trunk) - set(want))
+    bad = [k for k in want if k in trunk and tuple(trunk[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or bad:
+        raise WeightsError(f"pnet_path={os.fspath(path)!r} does not fit torchvision's {arch} features: "
+                           + "; ".join(part for part in (
+                               f"missing {', '.join(missing[:4])}" if missing else "",
+                               f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
+                               f"wrong shape {', '.join(bad[:4])}" if bad else "") if part))
+    features.load_state_dict({k: v.float() for k, v in trunk.items()})
+    return features
+
+
+def _torchvision_trunk(arch: str, pretrained: bool, path: str | os.PathLike[str] | None = None) -> nn.Sequential:
+    """torchvision ``arch().features`` with ImageNet weights (``pretrained``; from ``path`` when
+    given, else torchvision's download cache) or random init."""
     import torchvision.models as tvm
 
     from .weights.hub import OfflineError, offline
 
+    if path is not None:
+        return _trunk_from_file(arch, path)
     if not pretrained:
         return getattr(tvm, arch)(weights=None).features
     enum = getattr(tvm, _WEIGHT_ENUMS[arch]).IMAGENET1K_V1
@@ -169,12 +209,20 @@ class LPIPS(nn.Module):
         model_path: a linear-weights file to load instead of the registry's.
         eval_mode: start in eval mode.
         verbose: report what is loaded (to stderr).
+        pnet_path: (lowps only) a local file with the trunk's ImageNet weights (torchvision's whole
+            ``alexnet``/``vgg16``/``squeezenet1_1`` state dict, or its ``features`` part), for machines
+            that cannot download them; loaded strictly. Only for the LPIPS nets.
     """
 
     def __init__(self, pretrained: bool = True, net: str = "alex", version: str = "0.1", lpips: bool = True,
                  spatial: bool = False, pnet_rand: bool = False, pnet_tune: bool = False, use_dropout: bool = True,
-                 model_path: str | None = None, eval_mode: bool = True, verbose: bool = True) -> None:
+                 model_path: str | None = None, eval_mode: bool = True, verbose: bool = True,
+                 pnet_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
+        if pnet_path is not None and (net not in _SLICES or pnet_rand):
+            raise ValueError(f"pnet_path applies to the LPIPS nets ({', '.join(LPIPS_NETS)}) with pnet_rand=False, "
+                             f"not net={net!r}, pnet_rand={pnet_rand}")
+        self.pnet_path = None if pnet_path is None else os.fspath(pnet_path)
         with torch.inference_mode(False):  # never inference tensors as parameters (see PerceptualDistance)
             self._build(pretrained, net, version, lpips, spatial, pnet_rand, pnet_tune, use_dropout, model_path,
                         eval_mode, verbose)
@@ -191,7 +239,7 @@ class LPIPS(nn.Module):
         if net in _SLICES:
             arch, cuts, self.chns, self.min_size = _SLICES[net]
             self.scaling_layer: nn.Module | None = ScalingLayer()
-            self.net: nn.Module = _SlicedTrunk(_torchvision_trunk(arch, not pnet_rand), cuts)
+            self.net: nn.Module = _SlicedTrunk(_torchvision_trunk(arch, not pnet_rand, self.pnet_path), cuts)
             lin_name: str | None = f"lpips-{'vgg' if net == 'vgg16' else net}-v{version}"
         else:
             try:

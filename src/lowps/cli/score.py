@@ -44,7 +44,8 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="2afc", choices=["2afc", "jnd"], help="BAPPS: 2AFC or JND")
     p.add_argument("--metric", default="lowps", help="lowps (default) or a baseline: " + ", ".join(_baselines()))
     p.add_argument("--baselines", default="", metavar="LIST",
-                   help="comma-separated baselines scored in the same run, e.g. l2,psnr,ssim,lpips-alex")
+                   help="comma-separated baselines scored in the same run, e.g. l2,psnr,ssim,lpips-alex; "
+                   "lpips-NET:FILE loads LPIPS's ImageNet trunk from a local torchvision state dict (offline)")
     add_metric_options(p, several=("distance",))
     p.add_argument("--per-layer", action="store_true", help="BAPPS: also score each layer alone (layer-wise PS)")
     p.add_argument("--batch-size", type=positive_int, default=50, help="images per metric call")
@@ -77,7 +78,7 @@ def _scorers(a: argparse.Namespace) -> list:
 
     names = [a.metric] + [b.strip() for b in a.baselines.split(",") if b.strip()]
     for n in names:
-        if n != "lowps" and n not in _baselines():
+        if n != "lowps" and n.partition(":")[0] not in _baselines():
             raise ValueError(f"unknown metric {n!r}; choose lowps or one of {', '.join(_baselines())}")
     if a.style_norm != "hw" and "style" not in a.distance:
         raise ValueError(f"--style-norm {a.style_norm} applies only to --distance style, not {' '.join(a.distance)}")
