@@ -108,3 +108,53 @@ def test_worker_errors_show_the_original_message(root, capsys):
         bad.write_bytes(saved)
     err = capsys.readouterr().err
     assert "cannot read image" in err and "Original Traceback" not in err and err.count("\n") <= 2
+
+
+def test_an_unbuildable_baseline_is_skipped_and_the_rest_written(tmp_path, monkeypatch, capsys):
+    """Issue #34: lpips-alex cannot be built offline; l2 and lowps are still scored, and the table,
+    JSON (with the skipped entry and its reason) and plot are written; the exit status is 3 (partial)."""
+    from judgement_fixtures import make_2afc_csv
+    from lowps.cli.score import EXIT_PARTIAL
+
+    pytest.importorskip("matplotlib")
+    csv = make_2afc_csv(tmp_path / "set", n=8, size=32)
+    monkeypatch.setenv("LOWPS_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached AlexNet
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    with pytest.warns(RuntimeWarning, match="skipping lpips-alex"):
+        rc = score_main(["--dataset", "2afc", "--csv", str(csv), "--weights", "random", "--baselines", "l2,lpips-alex",
+                         "--bootstrap", "0", "--json", str(out), "--plot", str(plot), "--quiet"])
+    assert rc == EXIT_PARTIAL == 3
+    table = capsys.readouterr().out
+    assert "l2" in table and "lowps" in table and "skipped lpips-alex" in table
+    report = json.loads(out.read_text())
+    assert [r["config"]["metric"] for r in report["reports"]] == ["lowps", "l2"]
+    assert report["skipped"][0]["metric"] == "lpips-alex" and "LOWPS_OFFLINE" in report["skipped"][0]["reason"]
+    assert len(report["reports"]) == 2
+    assert plot.stat().st_size > 1000
+
+
+def test_lpips_baseline_from_a_local_trunk_file(tmp_path, capsys):
+    """--baselines lpips-alex:FILE loads the trunk from a local state dict (no download): equal to
+    lowps.LPIPS with that trunk, and the JSON records the file's sha256."""
+    from judgement_fixtures import make_2afc_csv
+    from lowps.weights.hub import sha256_file
+
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    trunk = tmp_path / "alex.pth"
+    torch.save(tv.models.alexnet(weights=None).state_dict(), trunk)  # the whole torchvision file
+    csv = make_2afc_csv(tmp_path / "set", n=6, size=64)
+    out = tmp_path / "r.json"
+    assert score_main(["--dataset", "2afc", "--csv", str(csv), "--metric", "lpips-alex:" + str(trunk),
+                       "--bootstrap", "0", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["trunk_sha256"] == sha256_file(trunk)
+    lp = lowps.LPIPS(net="alex", verbose=False, pnet_path=trunk)
+    from lowps.data.judgements import ImageTuples, read_2afc_csv
+    recs = read_2afc_csv(csv)
+    ds = ImageTuples(recs)
+    ref, p0, p1 = (torch.stack([ds[i][k] for i in range(len(ds))]) for k in range(3))
+    with torch.no_grad():
+        d0, d1 = lp(ref, p0, normalize=True).flatten(), lp(ref, p1, normalize=True).flatten()
+    assert report["all"]["score"] == pytest.approx(score_2afc(d0, d1, [r.h for r in recs]), abs=1e-12)

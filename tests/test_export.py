@@ -66,3 +66,19 @@ def test_pickle_size_does_not_grow_after_forward():
     x, y = pair(2)
     m(x, y)
     assert len(pickle.dumps(m)) == before
+
+
+@pytest.mark.parametrize("head", ["local", "meanpool"])
+def test_torch_export_and_compile_on_the_module_itself(head):
+    """Issue #34: the value checks skip themselves under tracing, so the module exports and compiles
+    as it is (no export_metric needed, no graph breaks); the exported program equals eager."""
+    m = lowps.PerceptualDistance(distance=head).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    want = m(x, y)
+    got = torch.export.export(m, (x, y)).module()(x, y)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    compiled = torch.compile(m, backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
+    torch.testing.assert_close(compiled(x, y), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(lowps.InputError, match="NaN"):  # eager calls still check
+        m(torch.full_like(x, float("nan")), y)

@@ -269,3 +269,35 @@ def test_first_cpu_call_raises_the_malloc_thresholds_unless_switched_off(monkeyp
     with torch.inference_mode():
         m(x0, x1, normalize=True)
     assert len(calls) == 2
+
+
+def test_real_imagenet_trunk_from_a_local_file():
+    """pnet_path loads LPIPS's real ImageNet AlexNet trunk offline (the features-only file in
+    shared/weights): LPIPS-alex v0.1 on lpips's example triplet gives what the official code recorded
+    (0.72185 / 0.13751; the trunk's README). Float32 convolutions in other kernels move the 5th digit."""
+    from conftest import EXAMPLES, SHARED
+
+    trunk = SHARED / "weights" / "alexnet_features.pth"
+    if not trunk.is_file() or not (EXAMPLES / "ex_ref.png").is_file():
+        pytest.skip(f"the ImageNet AlexNet trunk or lpips's example images are absent ({trunk}, {EXAMPLES})")
+    lp = lowps.LPIPS(net="alex", verbose=False, pnet_path=trunk)
+    ref, p0, p1 = (lowps.im2tensor(lowps.load_image(str(EXAMPLES / f"ex_{k}.png"))) for k in ("ref", "p0", "p1"))
+    with torch.no_grad():
+        assert float(lp(ref, p0)) == pytest.approx(0.72185, abs=2e-4)
+        assert float(lp(ref, p1)) == pytest.approx(0.13751, abs=2e-4)
+
+
+def test_pnet_path_errors(tmp_path):
+    from lowps.weights import WeightsError
+
+    with pytest.raises(FileNotFoundError, match="pnet_path"):
+        lowps.LPIPS(net="alex", verbose=False, pnet_path=tmp_path / "none.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, bad)
+    with pytest.raises(WeightsError, match="does not fit torchvision's alexnet"):
+        lowps.LPIPS(net="alex", verbose=False, pnet_path=bad)
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(WeightsError, match="not a readable"):
+        lowps.LPIPS(net="alex", verbose=False, pnet_path=tmp_path / "junk.pth")
+    with pytest.raises(ValueError, match="pnet_path applies to the LPIPS nets"):
+        lowps.LPIPS(net="resnet6", verbose=False, pnet_path=bad)

@@ -36,6 +36,7 @@ _ATTRS = {
     "PerceptualDistance": "metric", "distance": "functional", "get_metric": "functional", "pairwise": "allpairs",
     "nearest": "allpairs", "list_backbones": "backbones", "MetricConfig": "config", "create_metric": "config",
     "distance_folders": "folders", "HEADS": "heads", "InputError": "inputs",
+    "InputRangeWarning": "inputs",
     "LPIPS": "lpips_compat",
     **{name: "lpips_utils" for name in ("dssim", "im2tensor", "l2", "load_image", "normalize_tensor", "np2tensor",
                                         "psnr", "rgb2lab", "tensor2im", "tensor2np", "tensor2tensorlab",
@@ -48,7 +49,7 @@ _SUBMODULES = ("backbones", "heads", "weights", "scoring", "inputs", "metric", "
 
 __all__ = ["PerceptualDistance", "MetricConfig", "create_metric", "distance_folders", "LPIPS", "distance",
            "get_metric", "pairwise", "nearest", "list_backbones", "HEADS",
-           "InputError", "backbones", "heads", "weights", "__version__"]
+           "InputError", "InputRangeWarning", "backbones", "heads", "weights", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -63,7 +64,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_ATTRS) | set(_SUBMODULES))
+    # the public surface only: not the helpers this module imports for itself (sys, importlib, typing names)
+    return sorted(set(__all__) | set(_ATTRS) | set(_SUBMODULES))
 
 
 # -- timm registry: register lowps's models whenever timm is (or has been) imported ----------------

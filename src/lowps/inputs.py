@@ -6,6 +6,7 @@ here ever returns a silently wrong tensor.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -14,7 +15,7 @@ import torch
 
 from ._modes import functorch_active
 
-__all__ = ["InputError", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
+__all__ = ["InputError", "InputRangeWarning", "RangeCheck", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
            "parse_input_range", "validate_batch", "affine_normalisation"]
 
 ImageLike = Union[torch.Tensor, np.ndarray, "os.PathLike[str]", str, Any]  # Any: PIL.Image.Image
@@ -168,11 +169,16 @@ def to_tensor(img: ImageLike, input_range: tuple[float, float] = (0.0, 1.0)) -> 
     return x * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else x
 
 
-#: How far outside ``input_range`` values may lie and still be taken as they are, as a fraction of
-#: the range's width. Raw network outputs overshoot a little before any clamp (a denoiser's output in
-#: [-0.06, 1.07] is typical early in training); a loss must accept them, as LPIPS does. Beyond this the
-#: data is more likely in another convention ([-1, 1], [0, 255]) and lowps refuses it.
+#: How far outside ``input_range`` values may lie and pass silently, as a fraction of the range's
+#: width. Raw network outputs overshoot a little before any clamp (a denoiser's output in
+#: [-0.06, 1.07] is typical early in training). Beyond it, values are still taken as they are, with
+#: one `InputRangeWarning` per metric object, unless the data clearly follows another convention
+#: ([-1, 1] or [0, 255] data declared as [0, 1]) on a metric's first call, which is an error.
 OVERSHOOT = 0.1
+
+
+class InputRangeWarning(UserWarning):
+    """Values outside the declared ``input_range`` (beyond `OVERSHOOT`), taken as they are."""
 
 
 def _values_of(x: torch.Tensor) -> torch.Tensor:
@@ -187,34 +193,66 @@ def _values_of(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input") -> None:
-    """Raise if ``x`` holds NaN/inf or values outside ``input_range`` by more than `OVERSHOOT`.
+def _convention_hint(xmin: float, xmax: float, lo: float, hi: float, slack: float) -> str:
+    """A hint where values clearly follow another convention than ``[lo, hi]``; else ``""``."""
+    if (lo, hi) == (0.0, 1.0) and -1.1 <= xmin <= -0.5 and xmax <= 1.1:
+        return " It looks like [-1, 1] data: pass input_range=(-1, 1)."
+    if 2 <= xmax <= 255 * (1 + OVERSHOOT) and xmin >= lo - slack and hi - lo <= 2:
+        return (" It looks like [0, 255] data: divide by 255." if (lo, hi) == (0.0, 1.0)
+                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first (x / 255 * {hi - lo:g} + {lo:g}).")
+    return ""
 
-    Values within 10% of the range's width outside it (e.g. [-0.1, 1.1] for (0, 1)) pass unchanged:
-    they are not clamped, so gradients stay intact. The error suggests another range only when the
-    data clearly fits it (e.g. a minimum near -1 for [-1, 1] data, a maximum above 2 for [0, 255]).
+
+def check_range(x: torch.Tensor, input_range: tuple[float, float], name: str = "input",
+                strict: bool = True) -> str | None:
+    """Check ``x``'s values against ``input_range``: NaN/inf raise `InputError`; values within
+    `OVERSHOOT` of the range return ``None``; values further out return a message describing them
+    (callers warn with it, `RangeCheck`), except that with ``strict`` (a metric's first call) data
+    that clearly follows another convention ([-1, 1] or [0, 255] data declared as [0, 1]) raises
+    with a hint. Values are never clamped, so gradients stay intact.
     """
     if x.numel() == 0:
-        return
+        return None
     lo, hi = input_range
     slack = (OVERSHOOT + 1e-6) * (hi - lo)  # + float32 rounding of the bounds themselves
     x = _values_of(x)
     with torch.no_grad():
         xmin, xmax = (float(v) for v in torch.aminmax(x))  # NaN propagates into min/max
     if lo - slack <= xmin and xmax <= hi + slack:
-        return
+        return None
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} contains NaN or inf values")
-    hint = ""
-    if (lo, hi) == (0.0, 1.0) and -1.1 <= xmin <= -0.5 and xmax <= 1.1:
-        hint = " It looks like [-1, 1] data: pass input_range=(-1, 1)."
-    elif xmax >= 2 and xmax <= 255 * (1 + OVERSHOOT) and xmin >= lo - slack:
-        hint = (" It looks like [0, 255] data: divide by 255." if (lo, hi) == (0.0, 1.0)
-                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first "
-                     f"(x / 255 * {hi - lo:g} + {lo:g}).")
-    raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
-                     f"[{lo:g}, {hi:g}] by more than the {OVERSHOOT:.0%} overshoot lowps accepts.{hint} "
-                     "Set input_range= to the range your images use, or clamp them.")
+    hint = _convention_hint(xmin, xmax, lo, hi, slack)
+    if strict and hint:
+        raise InputError(f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range "
+                         f"[{lo:g}, {hi:g}].{hint} Set input_range= to the range your images use.")
+    return f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared input_range [{lo:g}, {hi:g}]"
+
+
+class RangeCheck:
+    """The range policy of one metric object (`PerceptualDistance`, `lowps.LPIPS`): on its first call,
+    data that clearly follows another convention is an error (a [0, 255] data set fails at step 0);
+    otherwise values outside the range are taken as they are, with one `InputRangeWarning` per object
+    (a training run whose outputs drift must never stop on a range check)."""
+
+    def __init__(self) -> None:
+        self.first_call = True
+        self.warned = False
+
+    def __call__(self, x: torch.Tensor, input_range: tuple[float, float], name: str) -> None:
+        msg = check_range(x, input_range, name, strict=self.first_call)
+        if msg is not None and not self.warned:
+            self.warned = True
+            warnings.warn(f"{msg}; taking the values as they are (warned once per metric object). If these are "
+                          "a network's raw outputs, clamp them for the perceptual term (x.clamp(lo, hi)); if your "
+                          "data uses another range, pass input_range=; to skip value checks in a trusted loop, "
+                          "check_inputs=False.", InputRangeWarning, stacklevel=5)
+
+    def __getstate__(self) -> dict:
+        return {"first_call": self.first_call, "warned": self.warned}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -235,11 +273,12 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def validate_batch(img: torch.Tensor, input_range: tuple[float, float], *, name: str = "images",
                    min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
-                   check_values: bool = True) -> torch.Tensor:
+                   check_values: bool = True, range_check: RangeCheck | None = None) -> torch.Tensor:
     """Validate one image batch and return it as (N, 3, H, W).
 
     Checks: floating dtype, 3 or 4 dims, 1 or 3 channels (1 is repeated to 3), the backbone's size
-    limits, finite values inside ``input_range``.
+    limits, finite values, values in ``input_range`` (through ``range_check``, the calling metric's
+    `RangeCheck`; a fresh one if ``None``).
     """
     x = _as_batch(img, name)
     if x.device.type == "meta":
@@ -255,13 +294,14 @@ def validate_batch(img: torch.Tensor, input_range: tuple[float, float], *, name:
         raise InputError(f"image sides must be multiples of {multiple_of} (the patch size) for this backbone, "
                          f"got {h}x{w}; crop or resize them")
     if check_values:
-        check_range(x, input_range, name)
+        (range_check or RangeCheck())(x, input_range, name)
     return x
 
 
 def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[float, float], *,
                   min_size: int = 1, fixed_size: tuple[int, int] | None = None, multiple_of: int = 1,
-                  check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  check_values: bool = True, range_check: RangeCheck | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate an image pair (see `validate_batch`); both must also share shape and device."""
     x0, x1 = _as_batch(img0, "img0"), _as_batch(img1, "img1")
     if x0.shape != x1.shape:
@@ -269,6 +309,9 @@ def validate_pair(img0: torch.Tensor, img1: torch.Tensor, input_range: tuple[flo
                          "resize or crop them to one size first")
     if x0.device != x1.device:
         raise InputError(f"img0 is on {x0.device} and img1 on {x1.device}; move both to one device")
+    check = range_check or RangeCheck()
     kw: dict[str, Any] = dict(min_size=min_size, fixed_size=fixed_size, multiple_of=multiple_of,
-                              check_values=check_values)
-    return validate_batch(x0, input_range, name="img0", **kw), validate_batch(x1, input_range, name="img1", **kw)
+                              check_values=check_values, range_check=check)
+    out = validate_batch(x0, input_range, name="img0", **kw), validate_batch(x1, input_range, name="img1", **kw)
+    check.first_call = False
+    return out

@@ -37,7 +37,7 @@ from torch import nn
 from ._cpu import raise_malloc_thresholds as _raise_malloc_thresholds
 from ._modes import graph_mode
 from .heads import unit_normalize
-from .inputs import affine_normalisation, validate_pair
+from .inputs import RangeCheck, affine_normalisation, validate_pair
 
 if TYPE_CHECKING:
     from .backbones import Backbone
@@ -113,8 +113,9 @@ def _torchvision_trunk(arch: str, pretrained: bool, path: str | os.PathLike[str]
     if offline() and not target.is_file():
         raise OfflineError(f"LOWPS_OFFLINE is set and torchvision's {arch} ImageNet weights, which LPIPS needs, are "
                            f"not cached: {place}. (pnet_rand=True gives a randomly initialised trunk: a different, "
-                           "uncalibrated metric, not LPIPS.) Or use lowps.PerceptualDistance(), whose weights ship "
-                           "with the package.")
+                           "uncalibrated metric, not LPIPS.) With a local copy of the trunk, pass pnet_path=<file> "
+                           "(lowps-score: --baselines lpips-NET:FILE). Or use lowps.PerceptualDistance(), whose weights "
+                           "ship with the package.")
     try:
         return getattr(tvm, arch)(weights=enum).features
     except Exception as e:  # URLError, OSError, ... from torch.hub
@@ -236,6 +237,7 @@ class LPIPS(nn.Module):
         self.pnet_type, self.pnet_tune, self.pnet_rand = net, pnet_tune, pnet_rand
         self.spatial, self.lpips, self.version = spatial, lpips, version
         self.check_inputs = True
+        self._range_check = RangeCheck()
         if net in _SLICES:
             arch, cuts, self.chns, self.min_size = _SLICES[net]
             self.scaling_layer: nn.Module | None = ScalingLayer()
@@ -320,7 +322,7 @@ class LPIPS(nn.Module):
             n = max(in0.shape[0], in1.shape[0])
             in0, in1 = in0.expand(n, *in0.shape[1:]), in1.expand(n, *in1.shape[1:])
         x0, x1 = validate_pair(in0, in1, (0.0, 1.0) if normalize else (-1.0, 1.0), min_size=self.min_size,
-                               check_values=self.check_inputs)
+                               check_values=self.check_inputs and not graph_mode(), range_check=self._range_check)
         param = next(self.net.parameters())
         if x0.dtype != param.dtype:
             if x0.is_floating_point() and param.dtype in (torch.float16, torch.bfloat16, torch.float64):

@@ -14,7 +14,8 @@ from ._modes import forward_ad_active, functorch_active, graph_mode
 from .backbones import Backbone
 from .config import PRECISIONS, MetricConfig, WeightsSpec
 from .heads import Head, LinearHead, create_head
-from .inputs import ImageLike, InputError, affine_normalisation, to_tensor, validate_batch, validate_pair
+from .inputs import (ImageLike, InputError, RangeCheck, affine_normalisation, to_tensor, validate_batch,
+                     validate_pair)
 
 __all__ = ["PerceptualDistance", "WeightsSpec", "MetricConfig"]
 
@@ -76,8 +77,11 @@ class PerceptualDistance(nn.Module):
         force_precision: run ``precision`` even where it is emulated (slow) on this CPU.
         style_norm: for ``distance="style"``: ``"hw"`` (default) divides each Gram matrix by H x W,
             ``"none"`` does not (the paper leaves it open, sec. 8.1; what changes: docs/concepts.md).
-        check_inputs: check every batch for NaN/inf and for values outside ``input_range``
-            (one reduction per call; switch off only in tight training loops with trusted data).
+        check_inputs: check every batch for NaN/inf (an error) and for values outside
+            ``input_range``: on the first call, data that clearly uses another convention ([0, 255],
+            [-1, 1]) is an error; otherwise values beyond a 10% overshoot are taken as they are with one
+            `lowps.InputRangeWarning` per metric object, so a loss never stops a training run. One
+            reduction per call; skipped under tracing/compiling (torch.export, torch.compile).
 
     ``forward(img0, img1)`` returns a tensor of shape (N,). The module starts in eval mode with
     frozen parameters; gradients flow to the inputs, so it can be used as a loss.
@@ -117,6 +121,7 @@ class PerceptualDistance(nn.Module):
         self.requested_precision, self.force_precision = precision, cfg.force_precision
         self.precision = "fp32"  # what the trunk runs in; set by _set_trunk_precision below
         self.check_inputs = cfg.check_inputs
+        self._range_check = RangeCheck()  # first call: convention errors; later: one warning, never a stop
         self.backbone: Backbone = wts.build_backbone(backbone, weights)
         self.head: Head = create_head(distance, [layer.channels for layer in self.backbone.layers],
                                       style_norm=cfg.style_norm)
@@ -213,8 +218,10 @@ class PerceptualDistance(nn.Module):
     def _prepare(self, img0: ImageLike, img1: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
         x0, x1 = to_tensor(img0, self.input_range), to_tensor(img1, self.input_range)
         bb = self.backbone
+        # value checks read values (data-dependent): skipped while tracing/compiling/exporting
         x0, x1 = validate_pair(x0, x1, self.input_range, min_size=self.min_size, fixed_size=bb.fixed_size,
-                               multiple_of=bb.multiple_of, check_values=self.check_inputs)
+                               multiple_of=bb.multiple_of, check_values=self.check_inputs and not graph_mode(),
+                               range_check=self._range_check)
         dev, dtype = self._scale.device, self._scale.dtype
         if x0.device != dev:
             if x0.device.type == "cpu" and not isinstance(img0, torch.Tensor):
@@ -360,7 +367,9 @@ class PerceptualDistance(nn.Module):
         x = to_tensor(img, self.input_range)
         bb = self.backbone
         x = validate_batch(x, self.input_range, min_size=self.min_size, fixed_size=bb.fixed_size,
-                           multiple_of=bb.multiple_of, check_values=self.check_inputs)
+                           multiple_of=bb.multiple_of, check_values=self.check_inputs and not graph_mode(),
+                           range_check=self._range_check)
+        self._range_check.first_call = False
         if x.device != self._scale.device or x.dtype != self._scale.dtype:
             x = self._prepare(x, x)[0]
         return x

@@ -73,7 +73,18 @@ def _read_records(a: argparse.Namespace) -> tuple[list, str]:
     return J.READERS[a.dataset][1](a.root), str(a.root)
 
 
-def _scorers(a: argparse.Namespace) -> list:
+#: Exit status of ``lowps-score`` when some metrics could not be built and were skipped (the rest
+#: were scored and written): a partial result (docs/benchmarks.md).
+EXIT_PARTIAL = 3
+
+
+def _scorers(a: argparse.Namespace) -> tuple[list, list[dict]]:
+    """The scorers to run, and the ones that could not be built: ``[{"metric", "reason"}]``.
+
+    One metric that cannot be built (``lpips-alex`` offline, a missing head file) must not cost the
+    others: it is skipped with a warning, and the run's table, JSON and plot cover the rest."""
+    import warnings
+
     from ..agreement import build_scorer
 
     names = [a.metric] + [b.strip() for b in a.baselines.split(",") if b.strip()]
@@ -82,18 +93,30 @@ def _scorers(a: argparse.Namespace) -> list:
             raise ValueError(f"unknown metric {n!r}; choose lowps or one of {', '.join(_baselines())}")
     if a.style_norm != "hw" and "style" not in a.distance:
         raise ValueError(f"--style-norm {a.style_norm} applies only to --distance style, not {' '.join(a.distance)}")
-    scorers = []
+    if a.metric != "lowps" and a.precision != "fp32":
+        raise ValueError(f"precision={a.precision!r} applies to lowps metrics only; baselines run in "
+                         f"float32 (drop --precision for --metric {a.metric})")
+    scorers, skipped = [], []
     for n in dict.fromkeys(names):
+        builds = []
         if n == "lowps":
             for head in dict.fromkeys(a.distance):
                 cfg = metric_config(a, distance=head, style_norm=a.style_norm if head == "style" else "hw")
-                scorers.append(build_scorer("lowps", cfg, device=a.device, per_layer=a.per_layer))
+                builds.append((f"lowps:{head}", lambda cfg=cfg: build_scorer("lowps", cfg, device=a.device,
+                                                                               per_layer=a.per_layer)))
         else:
-            if a.metric != "lowps" and a.precision != "fp32":
-                raise ValueError(f"precision={a.precision!r} applies to lowps metrics only; baselines run in "
-                                 f"float32 (drop --precision for --metric {a.metric})")
-            scorers.append(build_scorer(n, device=a.device))
-    return scorers
+            builds.append((n, lambda n=n: build_scorer(n, device=a.device)))
+        for label, build in builds:
+            try:
+                scorers.append(build())
+            except (ImportError, OSError, RuntimeError, ValueError) as e:  # offline trunks, bad files, options
+                reason = f"{type(e).__name__}: {e}"
+                skipped.append({"metric": label, "reason": reason})
+                warnings.warn(f"lowps-score: skipping {label}, which could not be built ({reason})", RuntimeWarning,
+                              stacklevel=2)
+    if not scorers:
+        raise ValueError("no metric could be built: " + "; ".join(f"{s['metric']}: {s['reason']}" for s in skipped))
+    return scorers, skipped
 
 
 def _score(a: argparse.Namespace) -> int:
@@ -104,9 +127,10 @@ def _score(a: argparse.Namespace) -> int:
     if a.dataset == "bapps" and a.resize is not None:
         raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
     records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
+    scorers, skipped = _scorers(a)
     with process_group_from_env(a.device) as (rank, _):
         reports = []
-        for scorer in _scorers(a):
+        for scorer in scorers:
             if a.dataset == "bapps" or records is None:
                 reports.append(score_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
                                               a.workers, progress=not a.quiet))
@@ -122,11 +146,14 @@ def _score(a: argparse.Namespace) -> int:
     if rank != 0:
         return 0
     print(format_comparison(reports))
+    for s in skipped:
+        print(f"skipped {s['metric']}: {s['reason']}")
     if a.json:
-        write_json(a.json, reports[0] if len(reports) == 1 else {"dataset": a.dataset, "reports": reports})
+        payload = reports[0] if len(reports) == 1 else {"dataset": a.dataset, "reports": reports}
+        write_json(a.json, {**payload, "skipped": skipped} if skipped else payload)
     if a.plot:
         plot_comparison(reports, a.plot)
-    return 0
+    return EXIT_PARTIAL if skipped else 0
 
 
 def score_main(argv: Sequence[str] | None = None) -> int:
