@@ -119,12 +119,85 @@ def fit_layer_weights(d0: torch.Tensor, d1: torch.Tensor, h: torch.Tensor, *, l2
     return (w * (len(w) / w.sum())).float()
 
 
+def probes(triplets: list, images: dict, out: Path, size: int, masks: dict, h: np.ndarray,
+           trunks: Path | None) -> list[dict]:
+    """The alternatives docs/models.md reports as not helping, scored on every split:
+    the stem as an extra tap, the trunk on upsampled inputs, head and checkpoint combinations, and
+    (with ``--lpips-trunks DIR``) LPIPS's ImageNet trunks with and without their linear layers."""
+    import torch.nn.functional as F
+
+    from lowps.heads import unit_normalize
+
+    ref = torch.stack([images[t.ref] for t in triplets])
+    p0 = torch.stack([images[t.p0] for t in triplets])
+    p1 = torch.stack([images[t.p1] for t in triplets])
+    rows: list[dict] = []
+
+    def add(name: str, a: np.ndarray, b: np.ndarray) -> None:
+        rows.append({"probe": name, **{k: score_2afc(a[m], b[m], h[m]) for k, m in masks.items()}})
+
+    def cached(spec: str) -> dict[str, np.ndarray]:
+        return dict(np.load(out / (spec.replace(":", "__") + f"_{size}.npz")))
+
+    base = cached("resnet6:resnet6-tiny-s1250")
+    add("s1250 local (the default)", base["local:d0"].sum(1), base["local:d1"].sum(1))
+    # the stem (7x7 conv + BN + ReLU, before and after the max-pool) as a fifth layer
+    for w in ("resnet6-tiny-s500", "resnet6-tiny-s1250", "resnet6-tiny-s5910"):
+        m = lowps.PerceptualDistance(weights=w)
+        net = m.backbone.model
+        c = cached(f"resnet6:{w}")
+        with torch.inference_mode():
+            def stem(x: torch.Tensor, pool: bool, net: torch.nn.Module = net,
+                     m: lowps.PerceptualDistance = m) -> torch.Tensor:
+                f = F.relu(net.bn1(net.conv1(x * m._scale + m._shift)))
+                return unit_normalize(F.max_pool2d(F.pad(f, (0, 1, 0, 1), value=float("-inf")), 3, 2) if pool else f)
+            for pool in (False, True):
+                r = stem(ref, pool)
+                a = (r - stem(p0, pool)).pow(2).sum(1).mean((1, 2)).double().numpy()
+                b = (r - stem(p1, pool)).pow(2).sum(1).mean((1, 2)).double().numpy()
+                add(f"{w} local + stem {'after' if pool else 'before'} pool", a + c["local:d0"].sum(1),
+                    b + c["local:d1"].sum(1))
+    # the trunk on upsampled inputs
+    for scale in (1.5, 2.0, 3.0):
+        def up(x: torch.Tensor, scale: float = scale) -> torch.Tensor:
+            return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        for arch, w in (("resnet6", "resnet6-tiny-s1250"), ("resnet18_tpu", "resnet18-tiny-s3940")):
+            m = lowps.PerceptualDistance(arch, weights=w)
+            with torch.inference_mode():
+                add(f"{w} local on inputs upsampled x{scale}", m(up(ref), up(p0)).double().numpy(),
+                    m(up(ref), up(p1)).double().numpy())
+    # heads and checkpoints combined (sums of distances)
+    other = cached("resnet6:resnet6-tiny-s5910")
+    add("s1250 local + s1250 meanpool", (base["local:d0"] + base["meanpool:d0"]).sum(1),
+        (base["local:d1"] + base["meanpool:d1"]).sum(1))
+    add("s1250 local + s5910 local", (base["local:d0"] + other["local:d0"]).sum(1),
+        (base["local:d1"] + other["local:d1"]).sum(1))
+    if trunks is not None:
+        for net, file in (("alex", "alexnet_features.pth"), ("squeeze", "squeezenet1_1_features.pth")):
+            for lin in (True, False):
+                lp = lowps.LPIPS(net=net, lpips=lin, verbose=False, pnet_path=trunks / file)
+                with torch.no_grad():
+                    a = lp(ref, p0, normalize=True, retPerLayer=True)
+                    b = lp(ref, p1, normalize=True, retPerLayer=True)
+                add(f"LPIPS-{net} {'v0.1 linear layers' if lin else 'without linear layers'}",
+                    a[0].flatten().double().numpy(), b[0].flatten().double().numpy())
+                if not lin:
+                    for k, (x, y) in enumerate(zip(a[1], b[1])):
+                        add(f"LPIPS-{net} without linear layers, layer {k} alone", x.flatten().double().numpy(),
+                            y.flatten().double().numpy())
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--csv", required=True)
     ap.add_argument("--out", required=True, help="folder for the cached distances and results.json")
     ap.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES, metavar="ARCH:WEIGHTS")
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--lpips-trunks", type=Path, default=None, metavar="DIR",
+                    help="a folder with alexnet_features.pth and squeezenet1_1_features.pth: also score LPIPS's "
+                    "ImageNet trunks with and without their linear layers")
+    ap.add_argument("--no-probes", action="store_true", help="skip the alternatives that did not help")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +209,7 @@ def main() -> None:
     h = np.array([t.h for t in triplets])
     fit, held = which == "fit", which == "heldout"
     print(f"{len(triplets)} triplets, {len(set(groups))} references: fit {fit.sum()} triplets, held-out {held.sum()}")
-    rows = []
+    rows, summary = [], []
     for spec in a.candidates:
         res = candidate_distances(spec, triplets, images, out, a.size)
         for head in HEADS:
@@ -151,19 +224,37 @@ def main() -> None:
                                  "all": score_2afc(s0, s1, h)})
             w = fit_layer_weights(torch.from_numpy(d0[fit]), torch.from_numpy(d1[fit]), torch.from_numpy(h[fit]))
             w = w.double().numpy()
+            s0, s1 = d0.sum(1), d1.sum(1)
+            summary.append({"candidate": spec, "head": head, "fit": score_2afc(s0[fit], s1[fit], h[fit]),
+                            "heldout": score_2afc(s0[held], s1[held], h[held]),
+                            "heldout_ci": bootstrap_ci(s0[held], s1[held], h[held], groups[held])})
             s0, s1 = d0 @ w, d1 @ w
             rows.append({"candidate": spec, "head": head, "layers": names, "layer_weights": w.tolist(),
                          "fit": score_2afc(s0[fit], s1[fit], h[fit]),
                          "heldout": score_2afc(s0[held], s1[held], h[held]), "all": score_2afc(s0, s1, h),
                          "heldout_ci": bootstrap_ci(s0[held], s1[held], h[held], groups[held])})
     rows.sort(key=lambda r: -r["fit"])
-    (out / "results.json").write_text(json.dumps({"csv": str(a.csv), "size": a.size, "split": part, "rows": rows},
-                                                 indent=1))
+    extra = [] if a.no_probes else probes(triplets, images, out, a.size,
+                                          {"fit": fit, "heldout": held, "all": fit | held}, h, a.lpips_trunks)
+    (out / "results.json").write_text(json.dumps({"csv": str(a.csv), "size": a.size, "split": part,
+                                                  "summary": summary, "rows": rows, "probes": extra}, indent=1))
+    print("Every candidate, all layers, uniform weights (the paper's distance):")
+    print(f"{'candidate':36s} {'head':8s}   fit  held  held 95% CI")
+    for r in sorted(summary, key=lambda r: -r["fit"]):
+        lo, hi = r["heldout_ci"]
+        print(f"{r['candidate']:36s} {r['head']:8s} {100 * r['fit']:5.2f} {100 * r['heldout']:5.2f}  "
+              f"[{100 * lo:5.2f}, {100 * hi:5.2f}]")
+    print("\nBest 25 layer subsets and fitted per-layer weights, ranked on the fit split:")
     print(f"{'candidate':36s} {'head':8s} {'layers':32s} {'weights':8s}   fit  held   all")
-    for r in rows[:40]:
+    for r in rows[:25]:
         wts = "uniform" if r["layer_weights"] == "uniform" else "fitted"
         print(f"{r['candidate']:36s} {r['head']:8s} {','.join(r['layers']):32s} {wts:8s} "
               f"{100 * r['fit']:5.2f} {100 * r['heldout']:5.2f} {100 * r['all']:5.2f}")
+    if extra:
+        print("\nProbes (what else was tried):")
+        print(f"{'probe':64s}   fit  held   all")
+        for r in extra:
+            print(f"{r['probe']:64s} {100 * r['fit']:5.2f} {100 * r['heldout']:5.2f} {100 * r['all']:5.2f}")
 
 
 if __name__ == "__main__":

@@ -222,7 +222,8 @@ def _stats_2afc(d0: np.ndarray, d1: np.ndarray, h: np.ndarray) -> dict:
 
 
 def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_better: bool = True,
-                     resize: int | None = None, bootstrap: int = 1000, seed: int = 0, batch_size: int = 32,
+                     resize: int | None = None, resize_filter: str = "bilinear", bootstrap: int = 1000,
+                     seed: int = 0, batch_size: int = 32,
                      device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
                      source: str = "", keep_distances: bool = False) -> dict:
     """Score ``scorer`` on a judgement set read by `lowps.data.judgements`; returns the report.
@@ -238,7 +239,7 @@ def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_b
     if not records:
         raise ValueError(f"{dataset}: no records to score")
     kind = "2afc" if isinstance(records[0], Triplet) else "mos"
-    ds = ImageTuples(records, resize=resize)
+    ds = ImageTuples(records, resize=resize, resize_filter=resize_filter)
     d = _tuple_distances(ds, scorer, kind, batch_size, torch.device(device), num_workers, progress,
                          f"{dataset}/{scorer.name}")
     groups = np.asarray([str(r.ref) for r in records])
@@ -260,7 +261,7 @@ def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_b
         return e
 
     report: dict = {"dataset": dataset, "kind": kind, "source": source, "config": scorer.config,
-                    "resize": resize, "bootstrap": {"n": bootstrap, "seed": seed, "level": 0.95,
+                    "resize": resize, "resize_filter": resize_filter if resize else None, "bootstrap": {"n": bootstrap, "seed": seed, "level": 0.95,
                                                     "unit": "reference image"},
                     "batch_size": batch_size, "versions": _versions()}
     if kind == "mos":
@@ -325,7 +326,8 @@ def format_comparison(reports: list[dict]) -> str:
     first = reports[0]
     if first.get("dataset") == "bapps":
         return "\n\n".join(format_table(r) for r in reports)
-    lines = [f"{first['dataset']} ({first['kind']}, n={first['all']['n']}, resize={first['resize']}, "
+    lines = [f"{first['dataset']} ({first['kind']}, n={first['all']['n']}, resize={first['resize']}"
+             + (f" {first['resize_filter']}" if first.get('resize_filter') not in (None, 'bilinear') else "") + f", "
              f"bootstrap {first['bootstrap']['n']} x reference images, seed {first['bootstrap']['seed']})"]
     if first["kind"] == "2afc":
         lines.append(f"{'metric':<34}{'2AFC %':>8}{'95% CI':>18}{'rank corr':>11}")

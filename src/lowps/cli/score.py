@@ -34,6 +34,9 @@ def build_score_parser() -> argparse.ArgumentParser:
                    "votes (6: DreamSim's unanimous set)")
     p.add_argument("--resize", type=positive_int, default=None, metavar="N",
                    help="scale images so the shorter side is N px (default: native size; BAPPS is always 64)")
+    p.add_argument("--resize-filter", default="bilinear", choices=["bilinear", "lanczos"],
+                   help="with --resize: bilinear (antialiased, default) or lanczos (Pillow: Lanczos down, bicubic up, "
+                   "the protocol of the material-similarity set's reference scores)")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
                    help="resamples of reference images for 95%% CIs (0: none; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -126,6 +129,8 @@ def _score(a: argparse.Namespace) -> int:
 
     if a.dataset == "bapps" and a.resize is not None:
         raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
+    if a.resize_filter != "bilinear" and a.resize is None:
+        raise ValueError(f"--resize-filter {a.resize_filter} applies with --resize N")
     records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
     scorers, skipped = _scorers(a)
     with process_group_from_env(a.device) as (rank, _):
@@ -140,7 +145,8 @@ def _score(a: argparse.Namespace) -> int:
                 direction = (a.higher_is_better if a.higher_is_better is not None else True) if a.dataset == "mos" \
                     else MOS_DIRECTION.get(a.dataset, True)
                 reports.append(score_judgements(a.dataset, records, scorer, higher_is_better=direction,
-                                                   resize=a.resize, bootstrap=a.bootstrap, seed=a.seed,
+                                                   resize=a.resize, resize_filter=a.resize_filter,
+                                                   bootstrap=a.bootstrap, seed=a.seed,
                                                    batch_size=a.batch_size, device=a.device, num_workers=a.workers,
                                                    progress=not a.quiet, source=source))
     if rank != 0:

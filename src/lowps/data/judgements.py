@@ -336,22 +336,33 @@ READERS: dict[str, tuple[str, Callable[..., list]]] = {
     "tid2013": ("mos", read_tid2013), "kadid10k": ("mos", read_kadid10k), "pipal": ("mos", read_pipal)}
 
 
+#: How `ImageTuples` resizes: ``bilinear`` (torch, antialiased) or ``lanczos`` (Pillow: Lanczos when
+#: shrinking, bicubic when enlarging, as the material-similarity set's reference scores were made).
+RESIZE_FILTERS = ("bilinear", "lanczos")
+
+
 class ImageTuples(Dataset):
     """Load the images of each record as [0, 1] tensors: ``(images..., value, index)``.
 
-    ``resize``: scale every image so its shorter side is ``resize`` px (bilinear, antialiased);
-    ``None`` keeps the native size (the default; see docs/benchmarks.md for what each choice means).
+    ``resize``: scale every image so its shorter side is ``resize`` px, with ``resize_filter``
+    (`RESIZE_FILTERS`); ``None`` keeps the native size (the default; see docs/benchmarks.md for what
+    each choice means).
     """
 
-    def __init__(self, records: Sequence[Triplet | Rated], resize: int | None = None) -> None:
+    def __init__(self, records: Sequence[Triplet | Rated], resize: int | None = None,
+                 resize_filter: str = "bilinear") -> None:
         if resize is not None and resize < 1:
             raise ValueError(f"resize must be a positive side length, got {resize}")
-        self.records, self.resize = list(records), resize
+        if resize_filter not in RESIZE_FILTERS:
+            raise ValueError(f"unknown resize_filter {resize_filter!r}; choose one of {', '.join(RESIZE_FILTERS)}")
+        self.records, self.resize, self.resize_filter = list(records), resize, resize_filter
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _load(self, p: Path, where: str) -> torch.Tensor:
+        if self.resize is not None and self.resize_filter == "lanczos":
+            return self._load_pil(p, where)
         try:
             x = load_image(p)
         except InputError as e:
@@ -364,6 +375,24 @@ class ImageTuples(Dataset):
                 x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
                 x = x.clamp_(0, 1)
         return x
+
+    def _load_pil(self, p: Path, where: str) -> torch.Tensor:
+        from PIL import Image, ImageOps
+
+        from ..inputs import pil_to_tensor
+
+        assert self.resize is not None
+        try:
+            with Image.open(p) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                w, h = im.size
+                s = self.resize / min(h, w)
+                size = (max(1, round(w * s)), max(1, round(h * s)))
+                if size != (w, h):
+                    im = im.resize(size, Image.LANCZOS if s < 1 else Image.BICUBIC)
+                return pil_to_tensor(im)
+        except OSError as e:
+            raise JudgementLayoutError(f"{where}: cannot read image {p}: {e}") from e
 
     def __getitem__(self, i: int) -> tuple:
         r = self.records[i]
