@@ -21,7 +21,7 @@ def test_docs_build_without_warnings(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "WARNING" not in r.stderr
-    api = (tmp_path / "site" / "api" / "metric" / "index.html").read_text()
+    api = (tmp_path / "site" / "api" / "metric.html").read_text()
     assert "PerceptualDistance" in api and "Kumar et al. 2022" in api
     import re
     site = tmp_path / "site"
@@ -31,7 +31,50 @@ def test_docs_build_without_warnings(tmp_path):
         assert not re.search(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//", html), page
         assert not re.search(r":(?:class|func|meth|mod):`", html), page
         assert "Edit on" not in html, page
-    assert (site / "css" / "pygments.css").is_file() and 'class="highlight"' in (site / "quickstart" / "index.html").read_text()
+    assert (site / "css" / "pygments.css").is_file() and 'class="highlight"' in (site / "quickstart.html").read_text()
+    _every_internal_link_opens_from_file(site)
+
+
+def _every_internal_link_opens_from_file(site):
+    """Click through the built site as a browser does from file://: every relative href and src of
+    every page must name a file that exists (a folder URL would show a directory listing, not a page),
+    and every #fragment must be an id on the target page."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote, urlsplit
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links, self.ids = [], set()
+
+        def handle_starttag(self, tag, attrs):
+            for k, v in attrs:
+                if k in ("href", "src") and v:
+                    self.links.append(v)
+                if k == "id" and v:
+                    self.ids.add(v)
+
+    pages = {}
+    for page in site.rglob("*.html"):
+        p = Links()
+        p.feed(page.read_text())
+        pages[page.resolve()] = p
+    broken, checked = [], 0
+    for page, p in pages.items():
+        if "search" in page.parts or page.name == "404.html":  # the 404 page is for web servers (absolute paths)
+            continue
+        for link in p.links:
+            u = urlsplit(link)
+            if u.scheme or link.startswith("//") or link.startswith("mailto:"):
+                continue
+            target = (page.parent / unquote(u.path)).resolve() if u.path else page
+            checked += 1
+            if not target.is_file():
+                broken.append(f"{page.relative_to(site.resolve())}: {link}")
+            elif u.fragment and target.suffix == ".html" and target in pages and u.fragment not in pages[target].ids:
+                broken.append(f"{page.relative_to(site.resolve())}: {link} (no #{u.fragment})")
+    assert checked > 100
+    assert not broken, broken[:20]
 
 
 def test_readme_commands_are_the_ci_commands():

@@ -42,6 +42,7 @@ def test_onnx_matches_eager_in_onnxruntime(metric, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = export_metric(metric, tmp_path / "m.onnx", "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # one self-contained file, no m.onnx.data
     sess = ort.InferenceSession(str(path))
     for n in (1, 4):
         a, b = pair(n, seed=10 + n)

@@ -147,15 +147,33 @@ def test_bootstrap_is_deterministic_and_groups_whole_references():
 
     def stat(idx):
         return scoring.mos_statistics(d[idx], mos[idx])
-    a = scoring.bootstrap(stat, groups, n=50, seed=3)
-    b = scoring.bootstrap(stat, groups, n=50, seed=3)
-    c = scoring.bootstrap(stat, groups, n=50, seed=4)
+    a = scoring.bootstrap(stat, groups, n=100, seed=3)
+    b = scoring.bootstrap(stat, groups, n=100, seed=3)
+    c = scoring.bootstrap(stat, groups, n=100, seed=4)
     assert a == b and a != c
     full = stat(np.arange(100))
     for k in ("srcc", "krcc", "plcc"):
         lo, hi = a[k]
         assert lo <= full[k] <= hi and hi - lo < 0.5
     seen = []
-    scoring.bootstrap(lambda idx: seen.append(idx) or {}, groups, n=5, seed=0)
+    scoring.bootstrap(lambda idx: seen.append(idx) or {}, groups, n=100, seed=0)
+    assert len(seen) == 101  # 100 resamples, then the full set once (for the statistics' names)
     for idx in seen:  # every drawn reference brings all 5 of its items
         assert all(np.sum(np.isin(idx, np.nonzero(groups == g)[0])) % 5 == 0 for g in range(20))
+
+
+def test_bootstrap_refuses_too_few_or_too_many_resamples_and_undefined_cis():
+    """Issue #37: --bootstrap 1 gave zero-width CIs, --bootstrap 1e9 ran for ever, one reference image
+    gave "CI [80, 80]"."""
+    groups = np.repeat(np.arange(5), 3)
+    d = np.linspace(0, 1, 15)
+
+    def stat(idx):
+        return {"m": float(d[idx].mean())}
+    for n in (1, 99, 100_001, 1_000_000_000):
+        with pytest.raises(ValueError, match="100..100,000"):
+            scoring.bootstrap(stat, groups, n=n)
+    assert scoring.bootstrap(stat, groups, n=0) == {}
+    assert scoring.bootstrap(stat, np.zeros(15), n=100) == {"m": None}  # one reference: undefined, not [x, x]
+    lo, hi = scoring.bootstrap(stat, groups, n=100)["m"]
+    assert lo < hi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -257,7 +258,8 @@ def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_b
 
     def entry(idx: np.ndarray, seed_offset: int) -> dict:
         e = stat(idx)
-        e["ci95"] = scoring.bootstrap(lambda sub: stat(idx[sub]), groups[idx], n=bootstrap, seed=seed + seed_offset)
+        e["ci95"] = scoring.bootstrap(lambda sub: stat(idx[sub]), groups[idx], n=bootstrap, seed=seed + seed_offset,
+                                      progress=progress and seed_offset == 0 and bootstrap * len(idx) > 2_000_000)
         return e
 
     report: dict = {"dataset": dataset, "kind": kind, "source": source, "config": scorer.config,
@@ -299,6 +301,9 @@ def format_table(report: dict) -> str:
              "all": "mean: all six"}
     for key, value in report["summary"].items():
         lines.append(f"{names[key]}: {100 * value:.2f}")
+    if any(not r["all"]["ci95"].get("score" if first["kind"] == "2afc" else "srcc") and r["bootstrap"]["n"]
+           for r in reports):
+        lines.append("* CI undefined: the set has a single reference image, so resampling references cannot vary it")
     return "\n".join(lines)
 
 
@@ -315,6 +320,14 @@ def _headline(report: dict) -> tuple[str, float | None, list | None]:
         ci = a["ci95"].get("score")
         return "2AFC %", 100 * a["score"], [100 * v for v in ci] if ci else None
     return "SRCC", a["srcc"], a["ci95"].get("srcc")
+
+
+def _no_ci(entry: dict, report: dict) -> str:
+    """What stands where a CI would: none asked for, or undefined (one reference image: every
+    resample is the same set)."""
+    if not report["bootstrap"]["n"]:
+        return "n/a"
+    return "CI undefined*"
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -334,7 +347,7 @@ def format_comparison(reports: list[dict]) -> str:
         for r in reports:
             a = r["all"]
             ci = a["ci95"].get("score")
-            ci_s = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "n/a"
+            ci_s = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else _no_ci(a, r)
             lines.append(f"{_name(r):<34}{100 * a['score']:>8.2f}{ci_s:>18}{_fmt(a['rank_correlation'], '.4f'):>11}")
         cats = [c for c in first["categories"]]
         if cats:
@@ -346,7 +359,7 @@ def format_comparison(reports: list[dict]) -> str:
         for r in reports:
             a = r["all"]
             ci = a["ci95"].get("srcc")
-            ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+            ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else _no_ci(a, r)
             lines.append(f"{_name(r):<34}{_fmt(a['srcc'], '.4f'):>8}{ci_s:>18}{_fmt(a['krcc'], '.4f'):>8}"
                          f"{_fmt(a['plcc'], '.4f'):>8}{_fmt(a['rmse'], '.4g'):>10}")
         cats = [c for c in first["categories"]]
@@ -365,44 +378,57 @@ def _name(report: dict) -> str:
     return str(c.get("metric"))
 
 
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend, or an ImportError saying how to get it."""
+def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib Figure and its axes, made without pyplot: the caller's backend and pyplot's
+    figure list stay as they were (a library must not switch a program's backend)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError("--plot needs matplotlib: pip install matplotlib") from e
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
+def _save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Render to memory, then write atomically: a failed write (full disk, a directory, /dev/full)
+    is an `OutputError` and leaves an existing file byte for byte as it was."""
+    import io
+
+    from ._io import OutputError, atomic_path
+
+    p = Path(path)
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in ("png", "svg", "pdf"):
+        raise OutputError(f"plot {p}: give a file name ending in .png, .svg or .pdf")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=120)
+    with atomic_path(p) as tmp:
+        tmp.write_bytes(buf.getvalue())
 
 
 def plot_comparison(reports: list[dict], path: str | os.PathLike[str]) -> None:
     """A bar chart of each metric's headline statistic with its 95% bootstrap CI (needs matplotlib)."""
     if reports[0].get("dataset") == "bapps" and len(reports) == 1:
         return plot_report(reports[0], path)
-    plt = _pyplot()
     names = [_name(r) for r in reports]
     heads = [_headline(r) for r in reports]
     vals = [h[1] if h[1] is not None else 0.0 for h in heads]
     err = [[max(0.0, v - h[2][0]) if h[2] else 0.0 for v, h in zip(vals, heads)],
            [max(0.0, h[2][1] - v) if h[2] else 0.0 for v, h in zip(vals, heads)]]
-    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.8))
+    fig, ax = _figure((1.3 * len(names) + 2, 3.8))
     ax.bar(range(len(names)), vals, yerr=err, capsize=4, color="#4C72B0")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"{heads[0][0]} (95% bootstrap CI)")
     ax.set_title(str(reports[0].get("dataset")))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_report(report: dict, path: str | os.PathLike[str]) -> None:
     """A bar chart of per-category scores (needs matplotlib)."""
-    plt = _pyplot()
     cats = list(report["categories"])
     vals = [100 * report["categories"][c]["score"] for c in cats]
-    fig, ax = plt.subplots(figsize=(1.2 * len(cats) + 2, 3.5))
+    fig, ax = _figure((1.2 * len(cats) + 2, 3.5))
     ax.bar(cats, vals, color="#4C72B0")
     for i, v in enumerate(vals):
         ax.text(i, v + 0.3, f"{v:.1f}", ha="center", fontsize=8)
@@ -410,5 +436,4 @@ def plot_report(report: dict, path: str | os.PathLike[str]) -> None:
     ax.set_ylim(min(vals) - 5 if vals else 0, max(vals) + 3 if vals else 100)
     ax.set_title(str(report["config"].get("metric")) + " " + str(report["config"].get("backbone", "")))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)

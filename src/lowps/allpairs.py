@@ -28,6 +28,9 @@ BLOCK_ELEMENTS = 2 ** 22
 
 def _as_images(imgs: torch.Tensor | Sequence[ImageLike]) -> torch.Tensor | list:
     if isinstance(imgs, torch.Tensor):
+        if imgs.ndim not in (3, 4):  # name the caller's shape, not the one a reshape here would make
+            raise InputError(f"images must be (N, C, H, W) or (C, H, W), got {imgs.ndim} dims with shape "
+                             f"{tuple(imgs.shape)}")
         return imgs if imgs.ndim == 4 else imgs.unsqueeze(0)
     return list(imgs)
 
@@ -38,6 +41,7 @@ class _Parts:
 
     dense: torch.Tensor
     factors: list[torch.Tensor] = field(default_factory=list)
+    size: tuple[int, int] = (0, 0)  # the images' (H, W)
 
     def __len__(self) -> int:
         return self.dense.shape[0]
@@ -61,10 +65,17 @@ def embed_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLik
 
 def _embed_parts_all(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLike], batch_size: int,
                      progress: bool, desc: str) -> _Parts:
-    chunks = [_Parts(*p) for p in _per_chunk(metric, imgs, batch_size, progress, desc, metric.embed_parts)]
+    size: list[tuple[int, int]] = []
+
+    def parts(x: torch.Tensor) -> _Parts:
+        size[:] = [(int(x.shape[-2]), int(x.shape[-1]))]
+        return _Parts(*metric.embed_parts(x))
+    chunks = _per_chunk(metric, imgs, batch_size, progress, desc, parts)
     _one_layout(c.layout() for c in chunks)
-    return _Parts(torch.cat([c.dense for c in chunks]),
-                  [torch.cat([c.factors[k] for c in chunks]) for k in range(len(chunks[0].factors))])
+    out = _Parts(torch.cat([c.dense for c in chunks]),
+                 [torch.cat([c.factors[k] for c in chunks]) for k in range(len(chunks[0].factors))])
+    out.size = size[0]
+    return out
 
 
 def _one_layout(layouts: Iterable[object]) -> None:
@@ -82,6 +93,7 @@ def _per_chunk(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLi
     if n == 0:
         raise InputError("no images given")
     parts: list[Any] = []
+    sizes: set[tuple[int, int]] = set()
     for i in tqdm(range(0, n, batch_size), disable=not progress, desc=desc, leave=False):
         chunk = imgs[i:i + batch_size]
         if not isinstance(chunk, torch.Tensor):
@@ -92,8 +104,21 @@ def _per_chunk(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLi
                 raise InputError(f"images differ in size {sorted(shapes)[:3]} (e.g. {names}); pairwise distances "
                                  "need one size: resize them first")
             chunk = torch.stack([t if t.ndim == 3 else t[0] for t in tensors]).to(metric.device)
+        # one rule whatever the batching: every image of a set has one size (as the module requires
+        # of a pair), even for heads whose vectors would not notice
+        sizes.add((int(chunk.shape[-2]), int(chunk.shape[-1])))
+        if len(sizes) > 1:
+            raise InputError(f"images differ in size ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}); pairwise "
+                             "distances need one size: resize them first")
         parts.append(fn(chunk))
     return parts
+
+
+def _same_size(a: Any, b: Any) -> None:
+    """Both sets of `pairwise`/`nearest` have one image size (the module refuses a pair of two sizes)."""
+    if a.size != b.size:
+        raise InputError(f"the two image sets differ in size ({a.size[0]}x{a.size[1]} and {b.size[0]}x{b.size[1]}); "
+                         "distances need one size: resize them first")
 
 
 #: ``matmul`` choices of `pairwise_embeddings`.
@@ -262,6 +287,8 @@ def pairwise(a: torch.Tensor | Sequence[ImageLike], b: torch.Tensor | Sequence[I
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]
     pa = _embed_parts_all(m, a, batch_size, progress, "features a")
     pb = None if b is None else _embed_parts_all(m, b, batch_size, progress, "features b")
+    if pb is not None:
+        _same_size(pa, pb)
     out = _distances(pa, pb, progress=progress)
     dtype = torch.float64 if m.dtype == torch.float64 else torch.float32
     return out.to(dtype).cpu()
@@ -276,11 +303,16 @@ def nearest(query: torch.Tensor | Sequence[ImageLike], gallery: torch.Tensor | S
     For retrieval and near-duplicate search: sorted by ascending distance; ties in gallery order.
     ``exclude_self=True`` (query and gallery the same images) skips each image's own entry.
     """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise InputError(f"k must be a positive int (how many neighbours), got {k!r}")
+    if exclude_self and gallery is not query:
+        # masking "self" by position is only right when both sets are the very same images
+        raise InputError("exclude_self=True needs the gallery to be the query object itself (nearest(x, x, "
+                         "exclude_self=True)); for two different sets, drop exclude_self and filter the results")
     m = metric if metric is not None else get_metric(**options)  # type: ignore[arg-type]
     eq = _embed_parts_all(m, query, batch_size, progress, "features query")
-    eg = _embed_parts_all(m, gallery, batch_size, progress, "features gallery")
-    if exclude_self and len(eq) != len(eg):
-        raise InputError("exclude_self=True needs the query and the gallery to be the same images")
+    eg = eq if gallery is query else _embed_parts_all(m, gallery, batch_size, progress, "features gallery")
+    _same_size(eq, eg)
     kk = k + (1 if exclude_self else 0)
     if not 1 <= k or kk > len(eg):
         most = len(eg) - (1 if exclude_self else 0)

@@ -99,11 +99,14 @@ class MetricConfig:
             elif value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, a path or None, got {type(value).__name__}")
         if self.layers is not None:
-            layers = (self.layers,) if isinstance(self.layers, (str, int)) else tuple(self.layers)
-            put("layers", layers)
+            put("layers", _parse_layers(self.layers))
         put("input_range", parse_input_range(self.input_range))
-        put("force_precision", bool(self.force_precision))
-        put("check_inputs", bool(self.check_inputs))
+        for name in ("force_precision", "check_inputs"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
+                raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); a string "
+                                f"such as 'false' would read as True")
+            put(name, bool(value))
 
     def replace(self, **changes: Any) -> MetricConfig:
         """A copy with ``changes`` applied (and validated)."""
@@ -116,12 +119,27 @@ class MetricConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MetricConfig:
         """Inverse of `to_dict`; unknown keys are an error naming the valid ones."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"MetricConfig.from_dict needs a mapping (what to_dict() returns), got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown metric option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**values)
+
+
+def _parse_layers(layers: Any) -> tuple[str | int, ...]:
+    """``layers``: one name or index, or a flat sequence of them (names str, indices int)."""
+    items = (layers,) if isinstance(layers, (str, int)) else layers
+    if isinstance(items, (bool, float)) or not isinstance(items, (Sequence, tuple)) or isinstance(items, bytes):
+        raise TypeError(f"layers must be a layer name, an index, or a list of them (e.g. ['stage2', 'stage3'] or "
+                        f"[1, 2]), got {layers!r}")
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, (str, int))]
+    if bad:
+        raise TypeError(f"layers must hold layer names (str) or indices (int), not {bad[0]!r} "
+                        f"({type(bad[0]).__name__}); got {layers!r}")
+    return tuple(items)
 
 
 def create_metric(config: MetricConfig | None = None, /, *, device: torch.device | str | None = None,
@@ -133,6 +151,10 @@ def create_metric(config: MetricConfig | None = None, /, *, device: torch.device
     """
     from .metric import PerceptualDistance
 
+    if config is not None and not isinstance(config, MetricConfig):
+        raise TypeError(f"create_metric's first argument is a MetricConfig, got {config!r}; pass options as keywords, "
+                        f"e.g. create_metric(distance={config!r})" if isinstance(config, str) else
+                        f"create_metric's first argument is a MetricConfig, got {type(config).__name__}")
     cfg = config or MetricConfig()
     m = PerceptualDistance.from_config(cfg.replace(**options) if options else cfg)
     if device is not None:

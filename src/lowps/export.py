@@ -13,11 +13,16 @@ image size is fixed to ``size``.
 """
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ._io import atomic_path
 from .metric import PerceptualDistance
 
 __all__ = ["export_metric", "FORMATS"]
@@ -39,27 +44,52 @@ def export_metric(metric: PerceptualDistance, path: str | os.PathLike[str], form
     example = tuple(torch.rand(n, 3, *size, generator=g) * (hi - lo) + lo for _ in range(2))
     device, dtype = metric.device, metric.dtype
     example = tuple(x.to(device=device, dtype=dtype) for x in example)
-    checks = metric.check_inputs
-    metric.check_inputs = False  # value checks are Python-side; the graph has none
     metric.eval()
-    try:
-        dyn = None
-        if batch is None and format != "torchscript":
-            b = torch.export.Dim("batch", min=1, max=1 << 16)
-            dyn = ({0: b}, {0: b})
-        with torch.no_grad():
-            if format == "torchscript":
-                torch.jit.save(torch.jit.trace(metric, example, check_trace=False), str(path))
-            elif format == "pt2":
-                torch.export.save(torch.export.export(metric, example, dynamic_shapes=dyn), str(path))
-            else:
-                try:
-                    import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
-                except ImportError as e:
-                    raise ImportError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript "
-                                      "(and onnxruntime to run the file)") from e
-                torch.onnx.export(metric, example, str(path), dynamo=True, dynamic_shapes=dyn,
-                                  input_names=["img0", "img1"], output_names=["distance"], verbose=False)
-    finally:
-        metric.check_inputs = checks
+    dyn = None
+    if batch is None and format != "torchscript":
+        b = torch.export.Dim("batch", min=1, max=1 << 16)
+        dyn = ({0: b}, {0: b})
+    # The graph is built in memory (value checks skip themselves while tracing), then written through
+    # the one atomic writer: a failed write (full disk, /dev/full) is an OutputError, never a C++ abort
+    # or a truncated file where the user's previous one was.
+    with torch.no_grad():
+        if format == "torchscript":
+            buf = io.BytesIO()
+            torch.jit.save(torch.jit.trace(metric, example, check_trace=False), buf)
+            _write_bytes(path, buf.getvalue())
+        elif format == "pt2":
+            buf = io.BytesIO()
+            torch.export.save(torch.export.export(metric, example, dynamic_shapes=dyn), buf)
+            _write_bytes(path, buf.getvalue())
+        else:
+            try:
+                import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+            except ImportError as e:
+                raise ImportError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript "
+                                  "(and onnxruntime to run the file)") from e
+            _export_onnx(metric, example, path, dyn)
     return path
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _export_onnx(metric: PerceptualDistance, example: tuple[torch.Tensor, ...], path: Path, dyn: Any) -> None:
+    """ONNX into a scratch folder beside ``path`` under the final name, then renamed into place: one
+    self-contained file while the weights fit protobuf's 2 GiB limit, else ``NAME.data`` beside it
+    (the model refers to it by name, so both are made under their final names)."""
+    size_bytes = sum(p.numel() * p.element_size() for p in metric.parameters())
+    with atomic_path(path) as tmp:  # checks the destination and reserves the rename
+        scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=tmp.parent))
+        try:
+            torch.onnx.export(metric, example, str(scratch / path.name), dynamo=True, dynamic_shapes=dyn,
+                              input_names=["img0", "img1"], output_names=["distance"], verbose=False,
+                              external_data=size_bytes > 1_500_000_000)
+            for extra in scratch.iterdir():
+                if extra.name != path.name:
+                    os.replace(extra, path.parent / extra.name)
+            os.replace(scratch / path.name, tmp)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -50,13 +50,23 @@ def rgb2lab(in_img: np.ndarray, mean_cent: bool = False) -> np.ndarray:
     return img_lab
 
 
+def _check_ndim(x: object, ndim: int, fn: str, want: str) -> None:
+    got = getattr(x, "ndim", None)
+    if got != ndim:
+        from .inputs import InputError
+
+        raise InputError(f"{fn} takes {want}, got {got} dims with shape {tuple(getattr(x, 'shape', ()))}")
+
+
 def tensor2np(tensor_obj: torch.Tensor) -> np.ndarray:
     """The first image of a batch as H x W x C float numpy."""
+    _check_ndim(tensor_obj, 4, "tensor2np", "an N x C x H x W tensor")
     return tensor_obj[0].cpu().float().numpy().transpose((1, 2, 0))
 
 
 def np2tensor(np_obj: np.ndarray) -> torch.Tensor:
     """An H x W x C array as a 1 x C x H x W float tensor."""
+    _check_ndim(np_obj, 3, "np2tensor", "an H x W x C array")
     return torch.Tensor(np_obj[:, :, :, np.newaxis].transpose((3, 2, 0, 1)))
 
 
@@ -104,13 +114,19 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 def tensor2im(image_tensor: torch.Tensor, imtype: type = np.uint8, cent: float = 1.0,
               factor: float = 255.0 / 2.0) -> np.ndarray:
     """The first image of a [-1, 1] batch as an H x W x C array in [0, 255] (truncated, as lpips)."""
+    _check_ndim(image_tensor, 4, "tensor2im", "an N x C x H x W tensor (for one C x H x W image: x[None])")
     image_numpy = image_tensor[0].cpu().float().numpy()
     return ((np.transpose(image_numpy, (1, 2, 0)) + cent) * factor).astype(imtype)
 
 
 def im2tensor(image: np.ndarray, imtype: type = np.uint8, cent: float = 1.0, factor: float = 255.0 / 2.0
               ) -> torch.Tensor:
-    """An H x W x C [0, 255] array as a 1 x C x H x W tensor in [-1, 1]."""
+    """An H x W x C [0, 255] array as a 1 x C x H x W tensor in [-1, 1] (H x W greyscale: repeated to 3
+    channels, as lowps's image loader does)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    _check_ndim(image, 3, "im2tensor", "an H x W x C array (or H x W greyscale)")
     return torch.Tensor((image / factor - cent)[:, :, :, np.newaxis].transpose((3, 2, 0, 1)))
 
 

@@ -389,6 +389,12 @@ class PerceptualDistance(nn.Module):
 
     def embedding_dim(self, size: tuple[int, int] = (64, 64)) -> int:
         """Length of `embed`'s vectors for ``size`` (H, W) inputs."""
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+            raise InputError(f"size must be (H, W), two ints, got {size!r}")
+        if min(size) < self.min_size:
+            raise InputError(f"size {tuple(size)}: every side must be at least {self.min_size} px for this metric's "
+                             "layers")
         with torch.no_grad():
             x = torch.full((1, 3, *size), 0.5, dtype=self.dtype, device=self.device)
             x = x * (self.input_range[1] - self.input_range[0]) + self.input_range[0]

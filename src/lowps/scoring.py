@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = ["score_2afc", "score_jnd", "voc_ap", "rank_correlation", "margins", "layerwise_2afc",
            "DISTORTION_SETS", "REAL_ALGORITHM_SETS", "VAL_CATEGORIES", "summarize", "logistic5", "fit_logistic5",
-           "mos_statistics", "bootstrap", "finite_or_none"]
+           "mos_statistics", "bootstrap", "finite_or_none", "MIN_BOOTSTRAP", "MAX_BOOTSTRAP"]
 
 #: Baselines ``lowps-score`` can run next to lowps (lowps.agreement.build_scorer).
 BASELINES = ("l2", "psnr", "ssim", "lpips-alex", "lpips-vgg", "lpips-squeeze")
@@ -191,24 +191,39 @@ def finite_or_none(v: Any) -> Any:
     return v
 
 
-def bootstrap(stat: Any, groups: Any, n: int = 1000, seed: int = 0, level: float = 0.95
-              ) -> dict[str, list[float | None] | None]:
+#: Fewest and most resamples `bootstrap` takes: below 100 a 95% percentile interval is read off a
+#: handful of draws (1 resample gives a zero-width "interval"); above 100,000 a run takes hours for
+#: no visible change in the digits reported.
+MIN_BOOTSTRAP, MAX_BOOTSTRAP = 100, 100_000
+
+
+def bootstrap(stat: Any, groups: Any, n: int = 1000, seed: int = 0, level: float = 0.95,
+              progress: bool = False) -> dict[str, list[float | None] | None]:
     """Percentile bootstrap confidence intervals, resampling whole groups (reference images).
 
     ``stat(index_array) -> {name: value}`` computes the statistics on a subset of the items;
     ``groups`` gives each item's group (its reference image), so all distortions of one image are
     drawn together, as the items of one image are not independent. ``n`` resamples from
     ``numpy.random.default_rng(seed)``: the same seed gives the same intervals. Returns
-    ``{name: [low, high]}`` (``None`` where a statistic was undefined in every resample).
+    ``{name: [low, high]}``; ``{name: None}`` where an interval is undefined: a statistic undefined in
+    every resample, or a single group (every resample is the same set, so there is nothing to vary).
+    ``n`` is 0 (no intervals) or `MIN_BOOTSTRAP`..`MAX_BOOTSTRAP`.
     """
-    if n <= 0:
+    if n == 0:
         return {}
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not MIN_BOOTSTRAP <= n <= MAX_BOOTSTRAP:
+        raise ValueError(f"bootstrap must be 0 (no confidence intervals) or {MIN_BOOTSTRAP}..{MAX_BOOTSTRAP:,} "
+                         f"resamples, got {n}")
     g = np.asarray(groups)
     uniq, inv = np.unique(g, return_inverse=True)
+    if len(uniq) < 2:
+        return {name: None for name in stat(np.arange(len(g)))}
     members = [np.nonzero(inv == k)[0] for k in range(len(uniq))]
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
-    for _ in range(n):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(n), desc="bootstrap", disable=not progress, leave=False):
         pick = rng.integers(0, len(uniq), len(uniq))
         idx = np.concatenate([members[k] for k in pick])
         for name, value in stat(idx).items():
@@ -216,4 +231,6 @@ def bootstrap(stat: Any, groups: Any, n: int = 1000, seed: int = 0, level: float
                     and np.isfinite(value):
                 draws.setdefault(name, []).append(float(value))
     alpha = (1 - level) / 2
-    return {name: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] for name, v in draws.items()}
+    out: dict[str, list[float | None] | None] = {name: None for name in stat(np.arange(len(g)))}
+    out.update({name: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] for name, v in draws.items()})
+    return out

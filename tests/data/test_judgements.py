@@ -144,7 +144,7 @@ def _direct(records, metric, resize=None):
 
 def test_score_2afc_csv_equals_formula_on_direct_distances(afc, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert score_main(["--dataset", "2afc", "--csv", str(afc), "--json", str(out), "--bootstrap", "50",
+    assert score_main(["--dataset", "2afc", "--csv", str(afc), "--json", str(out), "--bootstrap", "100",
                        "--quiet"]) == 0
     report = json.loads(out.read_text())
     records = J.read_2afc_csv(afc)
@@ -163,7 +163,7 @@ def test_score_2afc_csv_equals_formula_on_direct_distances(afc, tmp_path, capsys
 def test_score_mos_csv_equals_scipy(mos, tmp_path):
     from scipy.stats import kendalltau, spearmanr
     out = tmp_path / "r.json"
-    assert score_main(["--dataset", "mos", "--csv", str(mos), "--json", str(out), "--bootstrap", "20",
+    assert score_main(["--dataset", "mos", "--csv", str(mos), "--json", str(out), "--bootstrap", "100",
                        "--quiet"]) == 0
     report = json.loads(out.read_text())
     records = J.read_mos_csv(mos)
@@ -188,7 +188,7 @@ def test_bootstrap_is_deterministic_for_a_seed(afc, tmp_path):
     outs = []
     for seed in (7, 7, 8):
         out = tmp_path / f"r{len(outs)}.json"
-        assert score_main(["--dataset", "2afc", "--csv", str(afc), "--json", str(out), "--bootstrap", "40",
+        assert score_main(["--dataset", "2afc", "--csv", str(afc), "--json", str(out), "--bootstrap", "100",
                            "--seed", str(seed), "--quiet", "--metric", "l2"]) == 0
         outs.append(json.loads(out.read_text())["all"]["ci95"])
     assert outs[0] == outs[1] and outs[0] != outs[2]
@@ -199,7 +199,7 @@ def test_several_metrics_in_one_run_with_plot(mos, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out, plot = tmp_path / "r.json", tmp_path / "p.png"
     assert score_main(["--dataset", "mos", "--csv", str(mos), "--distance", "meanpool", "local",
-                       "--baselines", "l2,psnr,ssim", "--bootstrap", "10", "--json", str(out), "--plot", str(plot),
+                       "--baselines", "l2,psnr,ssim", "--bootstrap", "100", "--json", str(out), "--plot", str(plot),
                        "--resize", "48", "--quiet"]) == 0
     report = json.loads(out.read_text())
     names = [r["config"]["metric"] + (":" + r["config"]["distance"] if r["config"]["metric"] == "lowps" else "")
@@ -216,7 +216,7 @@ def test_several_metrics_in_one_run_with_plot(mos, tmp_path, capsys):
 def test_named_datasets_score_from_their_root(tmp_path, maker, dataset):
     root = maker(tmp_path, **({"n": 16} if dataset == "nights" else {"refs": 2, "levels": 2}))
     out = tmp_path / "r.json"
-    assert score_main(["--dataset", dataset, "--root", str(root), "--metric", "l2", "--bootstrap", "5",
+    assert score_main(["--dataset", dataset, "--root", str(root), "--metric", "l2", "--bootstrap", "100",
                        "--json", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
     assert report["dataset"] == dataset and report["all"]["n"] > 0
@@ -226,7 +226,7 @@ def test_undefined_statistics_are_null_not_nan(tmp_path):
     path = make_mos_csv(tmp_path, refs=1, levels=1)
     _rewrite(path, lambda rows: [rows[0]] + [r[:2] + ["5.0"] + r[3:] for r in rows[1:]])  # constant MOS
     out = tmp_path / "r.json"
-    assert score_main(["--dataset", "mos", "--csv", str(path), "--metric", "l2", "--bootstrap", "5",
+    assert score_main(["--dataset", "mos", "--csv", str(path), "--metric", "l2", "--bootstrap", "100",
                        "--json", str(out), "--quiet"]) == 0
     text = out.read_text()
     assert "NaN" not in text and json.loads(text)["all"]["srcc"] is None

@@ -138,7 +138,7 @@ _FLAG_NAMES = [("head_weights=", "--head-weights "), ("force_precision=True", "-
                ("layers=", "--layers "), ("precision=", "--precision "), ("batch_size", "--batch-size")]
 
 #: What a command reports as "error:" and exit status 2 rather than as a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, ImportError, OSError)
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, ImportError, OSError, FloatingPointError)
 
 
 def cli_message(e: BaseException) -> str:

@@ -15,6 +15,21 @@ def _baselines() -> tuple[str, ...]:
     return BASELINES
 
 
+def bootstrap_count(text: str) -> int:
+    """``--bootstrap``: 0, or enough resamples for a 95% interval and few enough to finish."""
+    from ..scoring import MAX_BOOTSTRAP, MIN_BOOTSTRAP
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bootstrap {text!r}: give a whole number of resamples") from None
+    if n != 0 and not MIN_BOOTSTRAP <= n <= MAX_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"--bootstrap {n}: give 0 (no confidence intervals) or "
+                                         f"{MIN_BOOTSTRAP}..{MAX_BOOTSTRAP} resamples (a 95% interval from fewer is "
+                                         "a handful of draws; more takes hours for the same digits)")
+    return n
+
+
 def build_score_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowps-score", description="Score perceptual metrics against human "
                                 "judgements: BAPPS 2AFC/JND, any 2AFC CSV, NIGHTS, TID2013, KADID-10k, PIPAL or "
@@ -37,8 +52,8 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize-filter", default="bilinear", choices=["bilinear", "lanczos"],
                    help="with --resize: bilinear (antialiased, default) or lanczos (Pillow: Lanczos down, bicubic up, "
                    "the protocol of the material-similarity set's reference scores)")
-    p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
-                   help="resamples of reference images for 95%% CIs (0: none; default 1000)")
+    p.add_argument("--bootstrap", type=bootstrap_count, default=1000, metavar="N",
+                   help="resamples of reference images for 95%% CIs: 0 (none) or 100..100000 (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--download", action="store_true", help="download and extract BAPPS into the cache, then exit")
     p.add_argument("--subset", default="val", choices=["val", "train", "jnd", "all"], help="with --download")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import positive_int
+from ._common import non_negative_int, positive_int
 
 
 def _cmd_train_backbone(a: argparse.Namespace) -> int:
@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tl.add_argument("--split", default="train", choices=["train", "val"], help="BAPPS split (default: train)")
     tl.add_argument("--categories", nargs="+", default=None, help="BAPPS categories (default: all in the split)")
     tl.add_argument("--epochs", type=positive_int, default=5, help="epochs at the full rate (LPIPS: 5)")
-    tl.add_argument("--decay-epochs", type=int, default=5, help="epochs of linear decay (LPIPS: 5)")
+    tl.add_argument("--decay-epochs", type=non_negative_int, default=5, help="epochs of linear decay (LPIPS: 5)")
     tl.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (LPIPS: 1e-4)")
     tl.add_argument("--batch-size", type=positive_int, default=50, help="triplets per step (LPIPS: 50)")
     tl.add_argument("--device", default="cpu", help="cpu, cuda, ...")

@@ -171,8 +171,38 @@ def _param_groups(model: nn.Module, wd: float, bias_decay: bool = True) -> list[
 
 
 def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train per ``cfg``; returns the output directory. See the module docstring."""
+    """Train per ``cfg``; returns the output directory. See the module docstring.
+
+    The caller's global RNG state and thread count are restored on return (the run seeds its own
+    state from ``cfg.seed``; ``cfg.threads`` applies to the run only)."""
+    threads = torch.get_num_threads()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return _train_backbone(cfg, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """Numbers that would train nothing, or nonsense, are refused with the flag named."""
+    import math
+
+    def finite(name: str, v: float) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not finite("epochs", cfg.epochs) or cfg.epochs <= 0:
+        raise ValueError(f"--epochs must be a positive number of epochs, got {cfg.epochs}")
+    if not finite("weight_decay", cfg.weight_decay) or cfg.weight_decay < 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.lr is not None and (not finite("lr", cfg.lr) or not 0 < cfg.lr <= 10):
+        raise ValueError(f"--lr must be a finite learning rate in (0, 10], got {cfg.lr}")
+    if not finite("warmup_epochs", cfg.warmup_epochs) or cfg.warmup_epochs < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
+
+
+def _train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     require_group_if_launched("train_backbone")
+    _check_config(cfg)
     init_kwargs: dict[str, Any] = {}
     if cfg.init != "tpu":  # checked before any data is read
         if cfg.arch not in _TPU_ARCHS:
@@ -201,16 +231,23 @@ def train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.bias_decay), lr=base_lr, momentum=cfg.momentum,
                           nesterov=True)
     steps_per_epoch = len(train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of {cfg.data}; "
+                         "use a smaller batch")
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     start = 0
     if resume and not (out / "resume.pt").is_file():
         print(f"lowps train: nothing to resume in {out} (no resume.pt); starting from step 0", file=sys.stderr)
     if resume and (out / "resume.pt").is_file():
-        state = torch.load(out / "resume.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["step"])
+        try:
+            state = torch.load(out / "resume.pt", map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            start = int(state["step"])
+        except Exception as e:  # unpickling errors, EOF, missing keys, another architecture
+            raise ValueError(f"cannot resume from {out / 'resume.pt'}: it is empty, corrupt or from another run "
+                             f"({type(e).__name__}: {str(e)[:200]}). Delete it to start again, or drop --resume") from e
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     config = asdict(cfg) | {"base_lr": base_lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
                             "num_classes": num_classes, "world_size": world, "train_images": len(train),

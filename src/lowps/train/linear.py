@@ -55,8 +55,28 @@ def train_linear(backbone: str, bapps_root: str | None, out: str, weights: str |
                  split: str = "train", categories: list[str] | None = None, epochs: int = 5,
                  decay_epochs: int = 5, lr: float = 1e-4, beta1: float = 0.5, batch_size: int = 50,
                  device: str = "cpu", seed: int = 0, num_workers: int = 0, progress: bool = True) -> Path:
-    """Train a linear head for ``backbone`` on BAPPS ``split``; write ``out`` (safetensors) and ``out``.json."""
-    torch.manual_seed(seed)
+    """Train a linear head for ``backbone`` on BAPPS ``split``; write ``out`` (safetensors) and ``out``.json.
+
+    The caller's global RNG state is restored on return (the run seeds its own from ``seed``)."""
+    import math
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--epochs must be a positive int, got {epochs}")
+    if isinstance(decay_epochs, bool) or not isinstance(decay_epochs, int) or decay_epochs < 0:
+        raise ValueError(f"--decay-epochs must be an int >= 0, got {decay_epochs}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= 10):
+        raise ValueError(f"--lr must be a finite learning rate in (0, 10], got {lr}")
+    if Path(out).suffix != ".safetensors":
+        raise ValueError(f"--out {out}: the head is written as safetensors; give a file name ending in .safetensors")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train_linear(backbone, bapps_root, out, weights, split, categories, epochs, decay_epochs, lr, beta1,
+                             batch_size, device, seed, num_workers, progress)
+
+
+def _train_linear(backbone: str, bapps_root: str | None, out: str, weights: str | None, split: str,
+                  categories: list[str] | None, epochs: int, decay_epochs: int, lr: float, beta1: float,
+                  batch_size: int, device: str, seed: int, num_workers: int, progress: bool) -> Path:
     root = find_root(bapps_root)
     cats = categories or list_categories(root, "2afc", split)
     data: ConcatDataset = ConcatDataset([TwoAFCSet(root, c, split) for c in cats])
