@@ -15,17 +15,17 @@ in a process, as a loss (blocks of at most 4.7 MiB, ~24 MiB allocated and freed 
 inference (~6,000 faults per call without the raise). A process that has once freed a larger block shows none
 of it: LPIPS's constructor frees AlexNet's 16 MiB classifier weight, which is also why
 ``bench_distance.py`` (every metric in one process) hardly does. lowps now raises the thresholds
-itself on its first eager CPU call; the ``no-raise`` mode measures what that recovers.
+when asked (``lowps.accel.tune_allocator()``, an explicit call since lowps 0.3: a library call must not
+change process-global state); the ``no-raise`` mode measures what that recovers.
 
 Each metric runs alone in a fresh child process once per mode, the modes alternating within each of
 ``--rounds`` rounds so all see the same machine conditions:
 
-* ``default``: glibc with its own (dynamic) thresholds, lowps as shipped: on its first eager CPU
-  call (loss or inference) it raises them to their ceiling (`lowps._cpu.raise_malloc_thresholds`); the
+* ``default``: glibc with its own (dynamic) thresholds, raised to their ceiling by
+  ``lowps.accel.tune_allocator()`` before the metric is built, as docs/performance.md advises for a
+  process where lowps is the only model (the ``lowps`` CLIs do it for their own process); the
   caller's ``MALLOC_*`` and ``LD_PRELOAD`` are removed;
-* ``no-raise``: the same with ``PerceptualDistance.raise_malloc_thresholds`` and
-  ``LPIPS.raise_malloc_thresholds`` False (lowps before 2026-12-04; the ``lpips`` package's rows,
-  ``lpips-NET``, are unaffected; lowps's drop-in, ``lowps.lpips-NET``, is);
+* ``no-raise``: the same without the call (what a library user who never calls it gets);
 * ``tuned``: glibc with ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` fixed (blocks up to
   32 MiB from the heap, freed memory kept for reuse; fixing either turns the dynamic thresholds off);
 * one mode per ``--mode NAME VAR=VALUE ...``: those settings, e.g. another allocator through
@@ -61,8 +61,7 @@ sys.path.insert(0, HERE)
 #: glibc's largest mmap threshold on 64-bit (32 MiB, also the ceiling of its adaptive rule), and a
 #: trim threshold far above any step's working set here, so freed heap stays for the next step.
 TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(GLIBC_DYNAMIC_MMAP_MAX), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
-#: This benchmark's own switch (read by the child, not by lowps): "0" runs lowps with
-#: ``PerceptualDistance.raise_malloc_thresholds = False``, as lowps ran before that existed.
+#: This benchmark's own switch (read by the child, not by lowps): "0" skips ``lowps.accel.tune_allocator()``.
 NO_RAISE_VAR = "BENCH_ALLOC_LOWPS_RAISE"
 #: What a mode sets; every child starts with these removed, so "default" means glibc's defaults.
 ALLOC_VARS = (*TUNED_ENV, "LD_PRELOAD", "MALLOC_CONF", "MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_", NO_RAISE_VAR)
@@ -86,9 +85,9 @@ def child(metric: str, size: int, batch: int, steps: int, backward: bool) -> dic
 
     import lowps
 
-    if os.environ.get(NO_RAISE_VAR) == "0":
-        lowps.PerceptualDistance.raise_malloc_thresholds = False
-        lowps.LPIPS.raise_malloc_thresholds = False
+    raised = os.environ.get(NO_RAISE_VAR) != "0"
+    if raised:
+        lowps.accel.tune_allocator()
     torch.manual_seed(0)
     fn = make(metric, "cpu")
     x, y = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
@@ -104,7 +103,7 @@ def child(metric: str, size: int, batch: int, steps: int, backward: bool) -> dic
     return {"ms": 1e3 * statistics.median(times), "minor_faults": (r1.ru_minflt - r0.ru_minflt) / steps,
             "sys_ms": 1e3 * (r1.ru_stime - r0.ru_stime) / steps, "maxrss_mib": r1.ru_maxrss / 1024,
             "alloc_env": {k: os.environ.get(k) for k in ALLOC_VARS},
-            "lowps_raise": bool(lowps.PerceptualDistance.raise_malloc_thresholds)}
+            "lowps_raise": raised}
 
 
 def mode_envs(specs: list[list[str]]) -> dict[str, dict[str, str]]:

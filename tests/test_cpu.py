@@ -72,6 +72,7 @@ def test_a_lowps_only_process_does_not_page_fault_per_call(call):
     # top), and an inference call ~6,000 (bench_alloc.py --inference, 2026-12-04 evening).
     out = _fresh(f"""
         import json, resource, torch, lowps
+        lowps.accel.tune_allocator()  # what docs/performance.md advises for such a process
         metric = lowps.PerceptualDistance(weights="random")
         x, y = torch.rand(32, 3, 64, 64), torch.rand(32, 3, 64, 64)
         def step():
@@ -108,3 +109,59 @@ def test_glibc_is_detected_from_confstr(monkeypatch):
         raise ValueError("unrecognized configuration name")
     monkeypatch.setattr(_cpu.os, "confstr", missing)
     assert _cpu._glibc() is False
+
+
+@glibc_linux
+def test_library_calls_leave_process_global_state_alone(tmp_path):
+    """Issue #36: in a fresh process, after lowps.distance (inference and a loss), lowps.LPIPS,
+    pairwise/nearest, scoring and a plot, a 24 MiB malloc is still served by mmap (glibc's thresholds
+    untouched), the global torch RNG is where it was, and the matplotlib backend is the caller's.
+    Then lowps.accel.tune_allocator() does change the thresholds (the check can fail)."""
+    pytest.importorskip("matplotlib")
+    from judgement_fixtures import make_2afc_csv
+
+    csv = make_2afc_csv(tmp_path / "set", n=4, size=32)
+    out = _fresh(f"""
+        import ctypes, json, torch, matplotlib
+        matplotlib.use("svg")
+        import lowps
+        from lowps.agreement import build_scorer, plot_comparison, score_judgements
+        from lowps.data.judgements import read_2afc_csv
+
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+
+        def mmapped():  # the IS_MMAPPED bit of the chunk header in front of a 24 MiB block
+            p = libc.malloc(24 << 20)
+            bit = bool(ctypes.c_size_t.from_address(p - ctypes.sizeof(ctypes.c_size_t)).value & 2)
+            libc.free(p)
+            return bit
+
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.rand(4, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
+        rng = torch.get_rng_state()
+        lowps.distance(x, y)
+        with torch.inference_mode():
+            lowps.distance(x, y)
+        xg = x.clone().requires_grad_()
+        lowps.distance(xg, y).sum().backward()
+        rng_after_distance = torch.equal(rng, torch.get_rng_state())
+        lp = lowps.LPIPS(net="squeeze", pretrained=False, pnet_rand=True, verbose=False)
+        rng_after_lpips_init = torch.get_rng_state()  # pnet_rand draws its init, as lpips does
+        lp(x, y, normalize=True)
+        lowps.pairwise(x, y)
+        lowps.nearest(x, x, k=1, exclude_self=True)
+        report = score_judgements("2afc", read_2afc_csv({str(csv)!r}), build_scorer("l2"), bootstrap=100,
+                                  progress=False)
+        plot_comparison([report], {str(tmp_path / "p.png")!r})
+        state = {{"mmapped": mmapped(), "backend": matplotlib.get_backend(),
+                 "rng": rng_after_distance and torch.equal(rng_after_lpips_init, torch.get_rng_state())}}
+        state["tuned"] = lowps.accel.tune_allocator()
+        state["mmapped_after_tuning"] = mmapped()
+        print(json.dumps(state))
+    """)
+    assert out["mmapped"] is True, out
+    assert out["rng"] is True, out
+    assert out["backend"] == "svg", out
+    assert out["tuned"] is True and out["mmapped_after_tuning"] is False, out

@@ -43,7 +43,7 @@ _ATTRS = {
                                         "tensor2vec", "tensorlab2tensor", "voc_ap")},
 }
 # No submodule may share a name with an attribute above (importing it would rebind the package attribute).
-_SUBMODULES = ("backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs", "evaluate",
+_SUBMODULES = ("accel", "backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs", "evaluate",
                "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export",
                "agreement")
 

@@ -26,23 +26,22 @@ def cpu_info() -> dict[str, str]:
     return fields
 
 
-@torch.compiler.assume_constant_result  # cpu_info's cache wrapper would be traced by dynamo
+# Both facts are read once, when this module is imported: the functions below then return plain module
+# constants, which torch.compile/export treat as constants (no file reads or caches to trace), and no
+# compiler module is imported on the call path (torch.compiler.assume_constant_result imported
+# torch._dynamo, which sets TORCHINDUCTOR_CACHE_DIR in the process's environment).
+_VENDOR = cpu_info().get("vendor_id", "")
+_NATIVE_AVX512 = torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+
+
 def cpu_vendor() -> str:
     """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); "" where unknown."""
-    return cpu_info().get("vendor_id", "")
+    return _VENDOR
 
 
-_AVX512: list[bool] = []  # native_avx512's answer, once asked
-
-
-# Asked on every small-map conv and loss-path block: cached, and a constant to torch.compile. Not a
-# functools.cache: dynamo traces through that wrapper (and warns that it does).
-@torch.compiler.assume_constant_result
 def native_avx512() -> bool:
     """Whether this CPU runs PyTorch's AVX-512 kernels (oneDNN then picks its AVX-512 convolutions)."""
-    if not _AVX512:
-        _AVX512.append(torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX")))
-    return _AVX512[0]
+    return _NATIVE_AVX512
 
 
 #: glibc's ceiling for its dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): freeing an

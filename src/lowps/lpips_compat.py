@@ -308,12 +308,9 @@ class LPIPS(nn.Module):
     def _lin(self, k: int) -> NetLinLayer:
         return cast(NetLinLayer, self.lins[k])
 
-    #: On the first eager CPU call, raise glibc's dynamic malloc thresholds once per process, as
-    #: `PerceptualDistance.raise_malloc_thresholds` does (`lowps._cpu.raise_malloc_thresholds`). Alone in
-    #: a process, the SqueezeNet trunk otherwise page-faults ~15,000 times per 64x64/32 inference call
-    #: (AlexNet's and VGG's constructors free a 16 MiB classifier weight, which raises them by accident).
-    #: ``False`` leaves the allocator alone.
-    raise_malloc_thresholds: bool = True
+    #: Opt-in, per object, as `PerceptualDistance.raise_malloc_thresholds`: off by default (a library
+    #: call must not change process-global state); ``lowps.accel.tune_allocator()`` does it explicitly.
+    raise_malloc_thresholds: bool = False
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False,  # noqa: N803
                 normalize: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -333,7 +330,7 @@ class LPIPS(nn.Module):
             x0, x1 = self.scaling_layer(x0), self.scaling_layer(x1)
         n = x0.shape[0]
         if self.raise_malloc_thresholds and x0.device.type == "cpu" and not graph_mode():
-            _raise_malloc_thresholds()  # once per process, as PerceptualDistance does
+            _raise_malloc_thresholds()  # opted in: once per process, as PerceptualDistance does
         grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
         if grad0 != grad1 and not self.pnet_tune:
             # a loss: run the side without gradients without autograd (backward over n images, not 2n)

@@ -240,20 +240,17 @@ class PerceptualDistance(nn.Module):
     #: the allocator to reuse memory instead of page-faulting fresh blocks (docs/performance.md).
     chunk_pixels: int = 2 ** 19
 
-    #: On the first eager CPU call (inference or a loss), raise glibc's dynamic malloc thresholds to their
-    #: ceiling, once per process (`lowps._cpu.raise_malloc_thresholds`). Without it, a process where
-    #: lowps is the only model hands the top of its heap back to the kernel after every call and
-    #: re-faults it in the next: ~4,000-6,000 page faults per call at 64x64/32 and ~1.1-1.2x the time of
-    #: a loss step or an inference call on the CPUs measured (docs/performance.md, "Alone in a
-    #: process"). The process then keeps up to 64 MiB of freed heap for reuse, as it would after
-    #: freeing any block of 16-32 MiB. ``False`` leaves the allocator alone.
-    raise_malloc_thresholds: bool = True
+    #: Opt-in, per object: on its eager CPU calls, tune glibc's malloc thresholds for the process
+    #: (`lowps.accel.tune_allocator`, once per process). Off by default: a library call must not change
+    #: process-global state; call ``lowps.accel.tune_allocator()`` yourself where lowps is the only
+    #: model in the process (docs/performance.md, "Alone in a process").
+    raise_malloc_thresholds: bool = False
 
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout.
 
-        Every backbone call starts here, so this is where the first eager CPU call raises the process's
-        malloc thresholds (`raise_malloc_thresholds`; a list lookup after the first)."""
+        Every backbone call starts here, so this is where an object that opted in
+        (`raise_malloc_thresholds`) tunes the allocator (a list lookup after the first)."""
         if self.raise_malloc_thresholds and xs[0].device.type == "cpu" and not graph_mode():
             _raise_malloc_thresholds()
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64

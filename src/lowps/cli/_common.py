@@ -154,7 +154,12 @@ def cli_message(e: BaseException) -> str:
 
 
 def run(prog: str, func: Callable[[argparse.Namespace], int | None], a: argparse.Namespace) -> int:
-    """Run a command; user errors print ``PROG: error: ...`` and return 2."""
+    """Run a command; user errors print ``PROG: error: ...`` and return 2. The command's own process
+    tunes the allocator (`lowps.accel.tune_allocator_for_cli`; ``LOWPS_TUNE_ALLOCATOR=0`` keeps glibc's
+    defaults): a CLI owns its process, a library call does not."""
+    from ..accel import tune_allocator_for_cli
+
+    tune_allocator_for_cli()
     try:
         return int(func(a) or 0)
     except USER_ERRORS as e:
