@@ -43,8 +43,8 @@ _ATTRS = {
                                         "tensor2vec", "tensorlab2tensor", "voc_ap")},
 }
 # No submodule may share a name with an attribute above (importing it would rebind the package attribute).
-_SUBMODULES = ("accel", "backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs", "evaluate",
-               "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export",
+_SUBMODULES = ("accel", "backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs",
+               "evaluate", "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export",
                "agreement")
 
 __all__ = ["PerceptualDistance", "MetricConfig", "create_metric", "distance_folders", "LPIPS", "distance",

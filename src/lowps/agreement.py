@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -263,7 +263,8 @@ def score_judgements(dataset: str, records: list, scorer: Scorer, *, higher_is_b
         return e
 
     report: dict = {"dataset": dataset, "kind": kind, "source": source, "config": scorer.config,
-                    "resize": resize, "resize_filter": resize_filter if resize else None, "bootstrap": {"n": bootstrap, "seed": seed, "level": 0.95,
+                    "resize": resize, "resize_filter": resize_filter if resize else None,
+                    "bootstrap": {"n": bootstrap, "seed": seed, "level": 0.95,
                                                     "unit": "reference image"},
                     "batch_size": batch_size, "versions": _versions()}
     if kind == "mos":
@@ -301,9 +302,6 @@ def format_table(report: dict) -> str:
              "all": "mean: all six"}
     for key, value in report["summary"].items():
         lines.append(f"{names[key]}: {100 * value:.2f}")
-    if any(not r["all"]["ci95"].get("score" if first["kind"] == "2afc" else "srcc") and r["bootstrap"]["n"]
-           for r in reports):
-        lines.append("* CI undefined: the set has a single reference image, so resampling references cannot vary it")
     return "\n".join(lines)
 
 
@@ -368,6 +366,9 @@ def format_comparison(reports: list[dict]) -> str:
             for r in reports:
                 lines.append(f"  {_name(r):<32}" + "".join(f"{_fmt(r['categories'][c]['srcc'], '.3f'):>9}"
                                                           for c in cats))
+    if any(not r["all"]["ci95"].get("score" if first["kind"] == "2afc" else "srcc") and r["bootstrap"]["n"]
+           for r in reports):
+        lines.append("* CI undefined: the set has a single reference image, so resampling references cannot vary it")
     return "\n".join(lines)
 
 

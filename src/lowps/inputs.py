@@ -15,8 +15,8 @@ import torch
 
 from ._modes import functorch_active
 
-__all__ = ["InputError", "InputRangeWarning", "RangeCheck", "ImageLike", "load_image", "to_tensor", "check_range", "validate_pair",
-           "parse_input_range", "validate_batch", "affine_normalisation"]
+__all__ = ["InputError", "InputRangeWarning", "RangeCheck", "ImageLike", "load_image", "to_tensor", "check_range",
+           "validate_pair", "parse_input_range", "validate_batch", "affine_normalisation"]
 
 ImageLike = Union[torch.Tensor, np.ndarray, "os.PathLike[str]", str, Any]  # Any: PIL.Image.Image
 
@@ -199,7 +199,8 @@ def _convention_hint(xmin: float, xmax: float, lo: float, hi: float, slack: floa
         return " It looks like [-1, 1] data: pass input_range=(-1, 1)."
     if 2 <= xmax <= 255 * (1 + OVERSHOOT) and xmin >= lo - slack and hi - lo <= 2:
         return (" It looks like [0, 255] data: divide by 255." if (lo, hi) == (0.0, 1.0)
-                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first (x / 255 * {hi - lo:g} + {lo:g}).")
+                else f" It looks like [0, 255] data: map it to [{lo:g}, {hi:g}] first "
+                     f"(x / 255 * {hi - lo:g} + {lo:g}).")
     return ""
 
 

@@ -114,8 +114,8 @@ def _torchvision_trunk(arch: str, pretrained: bool, path: str | os.PathLike[str]
         raise OfflineError(f"LOWPS_OFFLINE is set and torchvision's {arch} ImageNet weights, which LPIPS needs, are "
                            f"not cached: {place}. (pnet_rand=True gives a randomly initialised trunk: a different, "
                            "uncalibrated metric, not LPIPS.) With a local copy of the trunk, pass pnet_path=<file> "
-                           "(lowps-score: --baselines lpips-NET:FILE). Or use lowps.PerceptualDistance(), whose weights "
-                           "ship with the package.")
+                           "(lowps-score: --baselines lpips-NET:FILE). Or use lowps.PerceptualDistance(), whose "
+                           "weights ship with the package.")
     try:
         return getattr(tvm, arch)(weights=enum).features
     except Exception as e:  # URLError, OSError, ... from torch.hub

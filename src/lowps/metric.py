@@ -14,8 +14,7 @@ from ._modes import forward_ad_active, functorch_active, graph_mode
 from .backbones import Backbone
 from .config import PRECISIONS, MetricConfig, WeightsSpec
 from .heads import Head, LinearHead, create_head
-from .inputs import (ImageLike, InputError, RangeCheck, affine_normalisation, to_tensor, validate_batch,
-                     validate_pair)
+from .inputs import ImageLike, InputError, RangeCheck, affine_normalisation, to_tensor, validate_batch, validate_pair
 
 __all__ = ["PerceptualDistance", "WeightsSpec", "MetricConfig"]
 
@@ -41,6 +40,18 @@ def native_low_precision(precision: str, device: torch.device | str = "cpu") -> 
             return True
         return bool(cpu._is_avx512_bf16_supported()) and _cpu_vendor() != "GenuineIntel"
     return bool(cpu._is_amx_fp16_supported())
+
+
+def _nonfinite_to_nan(*xs: torch.Tensor) -> torch.Tensor:
+    """(N,) zeros, NaN where an image holds NaN/inf: added to distances when value checks are off.
+
+    oneDNN's fused conv + ReLU maps NaN to 0, so a NaN pixel would otherwise vanish inside the trunk
+    and give a finite, wrong distance. ``sum * 0`` is exactly 0 for finite images and NaN otherwise:
+    one reduction, no host sync (what ``check_inputs=False`` saves is the check's sync, not this)."""
+    out = xs[0].detach().flatten(1).sum(1) * 0
+    for x in xs[1:]:
+        out = out + x.detach().flatten(1).sum(1) * 0
+    return out.to(torch.float64 if xs[0].dtype == torch.float64 else torch.float32)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -319,6 +330,8 @@ class PerceptualDistance(nn.Module):
         x0, x1 = self._prepare(img0, img1)
         per = _cat([self.head(*self._pair_features(a, b), self.layer_idx)
                     for a, b in zip(self._chunks(x0), self._chunks(x1))])
+        if not self.check_inputs:
+            per = per + _nonfinite_to_nan(x0, x1)[:, None]
         total = per.sum(1)
         if per_layer:
             return total, {name: per[:, k] for k, name in enumerate(self.layer_names)}
@@ -337,6 +350,8 @@ class PerceptualDistance(nn.Module):
         size = (int(x0.shape[-2]), int(x0.shape[-1]))
         maps = _cat([self.head.maps(*self._pair_features(a, b), self.layer_idx, size)
                      for a, b in zip(self._chunks(x0), self._chunks(x1))])
+        if not self.check_inputs:
+            maps = maps + _nonfinite_to_nan(x0, x1)[:, None, None, None].to(maps.dtype)
         total = maps.sum(1, keepdim=True)
         if per_layer:
             return total, {name: maps[:, k:k + 1] for k, name in enumerate(self.layer_names)}
@@ -358,7 +373,8 @@ class PerceptualDistance(nn.Module):
         if x.shape[0] == 0:
             dim = self.embedding_dim((int(x.shape[-2]), int(x.shape[-1])))
             return torch.zeros(0, dim, dtype=self._head_dtype(), device=x.device)
-        return _cat([self.head.embed(self.features(c), self.layer_idx) for c in self._chunks(x, images_per_item=1)])
+        out = _cat([self.head.embed(self.features(c), self.layer_idx) for c in self._chunks(x, images_per_item=1)])
+        return out if self.check_inputs else out + _nonfinite_to_nan(x)[:, None].to(out.dtype)
 
     def _embed_input(self, img: ImageLike) -> torch.Tensor:
         x = to_tensor(img, self.input_range)

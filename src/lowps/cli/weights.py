@@ -16,12 +16,12 @@ def _cmd_weights(a: argparse.Namespace) -> int:
             raise ValueError(f"--remote {a.remote}: the only remote catalogue is kumar2022 (the paper's bucket)")
         cat = catalogue()
         if a.json:
-            print(json.dumps([{"name": f"kumar2022:{e.short}", "arch": e.arch, "step": e.step, "uri": e.uri}
-                              for e in cat], indent=1))
+            print(json.dumps([{"name": f"kumar2022:{c.short}", "arch": c.arch, "step": c.step, "uri": c.uri}
+                              for c in cat], indent=1))
             return 0
         print(f"{'name':36s} {'backbone':20s} {'step':>8s}  object")
-        for e in cat:
-            print(f"{'kumar2022:' + e.short:36s} {e.arch:20s} {e.step:8d}  {e.uri}")
+        for c in cat:
+            print(f"{'kumar2022:' + c.short:36s} {c.arch:20s} {c.step:8d}  {c.uri}")
         print(f"{len(cat)} checkpoints; use as weights=NAME with backbone=BACKBONE", file=sys.stderr)
         return 0
     if a.action == "list":

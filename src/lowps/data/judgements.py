@@ -259,7 +259,7 @@ def read_tid2013(root: str | os.PathLike[str], check_sizes: bool = True) -> list
         root = root / "tid2013"
     path = _score_file(root / "mos_with_names.txt")
     items = []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for i, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{i}"
@@ -314,7 +314,7 @@ def read_pipal(root: str | os.PathLike[str], check_sizes: bool = True) -> list[R
     for lf in files:
         _score_file(lf)
         ref = _regular(root / "Train_Ref" / f"{lf.stem}.bmp", f"{lf}")
-        for i, line in enumerate(lf.read_text(errors="replace").splitlines(), start=1):
+        for i, line in enumerate(lf.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{lf}:{i}"
@@ -389,7 +389,7 @@ class ImageTuples(Dataset):
                 s = self.resize / min(h, w)
                 size = (max(1, round(w * s)), max(1, round(h * s)))
                 if size != (w, h):
-                    im = im.resize(size, Image.LANCZOS if s < 1 else Image.BICUBIC)
+                    im = im.resize(size, Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC)
                 return pil_to_tensor(im)
         except OSError as e:
             raise JudgementLayoutError(f"{where}: cannot read image {p}: {e}") from e

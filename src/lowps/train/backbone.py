@@ -232,8 +232,8 @@ def _train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
                           nesterov=True)
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of {cfg.data}; "
-                         "use a smaller batch")
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of "
+                         f"{cfg.data}; use a smaller batch")
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     start = 0
