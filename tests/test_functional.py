@@ -68,7 +68,10 @@ def test_trains_on_raw_unclamped_network_outputs():
 
 
 def test_distance_check_inputs_switch():
-    x = torch.rand(1, 3, 32, 32) * 2  # far outside [0, 1]
-    with pytest.raises(lowps.InputError):
+    from lowps.functional import clear_cache
+
+    clear_cache()  # a fresh cached metric: its first call is the strict one (lowps.inputs.RangeCheck)
+    x = torch.rand(1, 3, 32, 32) * 255  # [0, 255] data declared as [0, 1]
+    with pytest.raises(lowps.InputError, match="255"):
         lowps.distance(x, x)
     assert lowps.distance(x, x, check_inputs=False).item() == 0

@@ -166,7 +166,10 @@ def test_a_loss_on_drifting_outputs_runs_200_steps():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 32, 32, generator=g)
     stretched = x * 1.6 - 0.3  # an L1 target beyond [0, 1] pulls the outputs out of range
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    with torch.random.fork_rng(devices=[]):  # a seeded init, whatever ran before; the caller's RNG restored
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 3, 3, padding=1))
     torch.nn.init.zeros_(net[2].weight)
     torch.nn.init.zeros_(net[2].bias)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)

@@ -30,6 +30,18 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it, if only for a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it into place, on failure remove it.
@@ -53,6 +65,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"cannot write {p}: {e.strerror or e}; choose a writable location") from e
     tmp = Path(name)
     try:
+        # mkstemp makes 0600 files: give the output the mode a plain open() would (or the old file's)
+        os.chmod(tmp, p.stat().st_mode & 0o7777 if p.is_file() else 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, p)
     except BaseException as e:

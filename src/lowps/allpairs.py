@@ -109,7 +109,7 @@ def _per_chunk(metric: PerceptualDistance, imgs: torch.Tensor | Sequence[ImageLi
         sizes.add((int(chunk.shape[-2]), int(chunk.shape[-1])))
         if len(sizes) > 1:
             raise InputError(f"images differ in size ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}); pairwise "
-                             "distances need one size: resize them first")
+                             "distances need one image size: resize them first")
         parts.append(fn(chunk))
     return parts
 
@@ -118,7 +118,7 @@ def _same_size(a: Any, b: Any) -> None:
     """Both sets of `pairwise`/`nearest` have one image size (the module refuses a pair of two sizes)."""
     if a.size != b.size:
         raise InputError(f"the two image sets differ in size ({a.size[0]}x{a.size[1]} and {b.size[0]}x{b.size[1]}); "
-                         "distances need one size: resize them first")
+                         "distances need one image size: resize them first")
 
 
 #: ``matmul`` choices of `pairwise_embeddings`.

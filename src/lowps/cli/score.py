@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from ._common import add_metric_options, metric_config, non_negative_int, positive_int, run
@@ -71,6 +72,11 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full report as strict JSON (atomically)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart (with 95%% CIs where computed)")
+    p.add_argument("--report", default=None, metavar="FILE.html",
+                   help="a self-contained HTML page (opens offline): the table, the chart and the cases where the "
+                   "metrics and people disagree most, as thumbnails (2AFC CSVs, NIGHTS and MOS sets)")
+    p.add_argument("--report-k", type=positive_int, default=24, metavar="K",
+                   help="cases per section of --report (default 24)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -146,6 +152,9 @@ def _score(a: argparse.Namespace) -> int:
         raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
     if a.resize_filter != "bilinear" and a.resize is None:
         raise ValueError(f"--resize-filter {a.resize_filter} applies with --resize N")
+    if a.report and a.dataset == "bapps":
+        raise ValueError("--report covers 2AFC CSVs, NIGHTS and MOS sets; for BAPPS use --json and --plot (or score "
+                         "its 2AFC folders as a --dataset 2afc CSV)")
     records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
     scorers, skipped = _scorers(a)
     with process_group_from_env(a.device) as (rank, _):
@@ -163,7 +172,8 @@ def _score(a: argparse.Namespace) -> int:
                                                    resize=a.resize, resize_filter=a.resize_filter,
                                                    bootstrap=a.bootstrap, seed=a.seed,
                                                    batch_size=a.batch_size, device=a.device, num_workers=a.workers,
-                                                   progress=not a.quiet, source=source))
+                                                   progress=not a.quiet, source=source,
+                                                   keep_distances=bool(a.report)))
     if rank != 0:
         return 0
     print(format_comparison(reports))
@@ -174,6 +184,17 @@ def _score(a: argparse.Namespace) -> int:
         write_json(a.json, {**payload, "skipped": skipped} if skipped else payload)
     if a.plot:
         plot_comparison(reports, a.plot)
+    if a.report and records is not None:
+        import shlex
+
+        from ..data.judgements import ImageTuples
+        from ..report import write_report
+
+        write_report(a.report, reports, records, ImageTuples(records, a.resize, a.resize_filter), k=a.report_k,
+                     command=shlex.join(["lowps-score", *a.argv]),
+                     higher_is_better=reports[0].get("higher_is_better", True))
+        for r in reports:
+            r.pop("distances", None)
     return EXIT_PARTIAL if skipped else 0
 
 
@@ -181,6 +202,7 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     """``lowps-score``: runs unchanged under ``torchrun`` (rank 0 prints and writes)."""
     p = build_score_parser()
     a = p.parse_args(argv)
+    a.argv = list(argv) if argv is not None else sys.argv[1:]  # for the report's provenance
     if a.higher_is_better is not None and a.dataset != "mos":
         p.error("--higher-is-better/--lower-is-better apply to --dataset mos (the named MOS sets know their direction)")
     return run("lowps-score", _download if a.download else _score, a)
