@@ -8,7 +8,9 @@
 * ``"timm"``: timm's own pretrained weights for a timm model (fetched by timm/huggingface_hub);
 * a registry name (`list`), a local ``.safetensors`` / ``.pth`` file, or an http(s) URL;
 * ``"gs://BUCKET/PATH/model.ckpt-N"`` or ``"kumar2022:<arch>@<step>"``: the paper's TensorFlow
-  checkpoints from Google Cloud Storage, converted without TensorFlow (`lowps.weights.gcs`).
+  checkpoints from Google Cloud Storage, converted without TensorFlow (`lowps.weights.gcs`);
+* a vit_jax/big_vision ``.npz`` ViT checkpoint (local or ``gs://``), converted by timm's npz loader
+  (`lowps.weights.vit_npz`) and cached.
 
 Registry entries live in ``manifest.json`` next to this file: name, architecture, file, URLs,
 sha256, size, license, source, recipe and known metrics. Embedded entries ship in the wheel;
@@ -334,6 +336,16 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None) -> Backbon
         from .gcs import fetch_checkpoint
 
         state, meta, digest = load_state_dict(fetch_checkpoint(spec, arch))
+        meta["lowps_name"] = spec
+    elif spec.endswith(".npz") and Path(spec).expanduser().is_file():  # a vit_jax/big_vision ViT checkpoint
+        from .vit_npz import convert_vit_npz
+
+        src = Path(spec).expanduser()
+        converted = cache_dir() / "npz" / f"{sha256_file(src)[:24]}-{arch}.safetensors"
+        if not converted.is_file():
+            converted.parent.mkdir(parents=True, exist_ok=True)
+            convert_vit_npz(src, arch, converted)
+        state, meta, digest = load_state_dict(converted)
         meta["lowps_name"] = spec
     else:
         state, meta, digest = load_state_dict(weights)

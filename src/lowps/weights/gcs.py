@@ -167,11 +167,13 @@ def fetch_checkpoint(spec: str, arch: str, progress: bool = True) -> Path:
     files = _fetch(wanted, folder, progress)
     out = folder / f"{arch}.safetensors"
     if name.endswith(".npz"):
-        raise WeightsError(f"{uri}: ViT .npz checkpoints are listed but not converted yet (lowps reads TensorFlow "
-                           f"checkpoints); the downloaded file is at {files[0]}")
-    from .convert_tf import convert_tf_checkpoint
+        from .vit_npz import convert_vit_npz
 
-    digest = convert_tf_checkpoint(folder / stem.rsplit("/", 1)[-1], arch, out)
+        digest = convert_vit_npz(files[0], arch, out)
+    else:
+        from .convert_tf import convert_tf_checkpoint
+
+        digest = convert_tf_checkpoint(folder / stem.rsplit("/", 1)[-1], arch, out)
     ref.parent.mkdir(parents=True, exist_ok=True)
     from .._io import write_json
 
