@@ -72,13 +72,13 @@ def test_bad_root_is_a_clear_error(tmp_path, capsys):
 def test_torchrun_two_processes_match_one(root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            "-m", "lowps.cli_score"]
+            "-m", "lowps.cli.score"]
     args = ["--root", str(root), "--weights", "random", "--batch-size", "4", "--quiet"]
     two = tmp_path / "two.json"
     r = subprocess.run(base + args + ["--json", str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     one = tmp_path / "one.json"
-    r1 = subprocess.run([sys.executable, "-m", "lowps.cli_score"] + args + ["--json", str(one)], env=env,
+    r1 = subprocess.run([sys.executable, "-m", "lowps.cli.score"] + args + ["--json", str(one)], env=env,
                         capture_output=True, text=True, timeout=300)
     assert r1.returncode == 0, r1.stderr[-2000:]
     assert json.loads(two.read_text())["categories"] == json.loads(one.read_text())["categories"]

@@ -76,13 +76,26 @@ def test_mypy_is_clean(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:]
 
 
-def test_renamed_modules_warn_and_still_work():
-    out = _run("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-               "try:\n    import lowps.evaluate\nexcept DeprecationWarning as e:\n    print('warned', e)")
-    assert "warned" in out and "lowps.agreement" in out
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from lowps import agreement, evaluate
-    assert evaluate.evaluate_bapps is agreement.score_bapps
-    assert evaluate.evaluate_judgements is agreement.score_judgements
+def test_removed_shims_are_gone():
+    # 0.3 removed the 0.2 aliases (CHANGELOG): lowps.evaluate is lowps.agreement, lowps.cli_score is
+    # lowps.cli.score (python -m lowps.cli.score runs lowps-score, e.g. under torchrun -m)
+    import importlib
+
+    import pytest
+    for name in ("lowps.evaluate", "lowps.cli_score"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(name)
+    assert "evaluate" not in dir(lowps)
+
+
+def test_the_lpips_drop_in_reads_like_lpips():
+    """Issue #36: no function of the drop-in above cyclomatic complexity 15 (radon), so it reads like
+    lpips's own model (lpips's LPIPS.forward is a dozen lines)."""
+    import pytest
+    radon = pytest.importorskip("radon.complexity", reason="radon is in the test extra: pip install -e '.[test]'")
+    from pathlib import Path
+    src = (Path(__file__).resolve().parents[1] / "src" / "lowps" / "lpips_compat.py").read_text()
+    blocks = radon.cc_visit(src)
+    worst = max((b for b in blocks), key=lambda b: b.complexity)
+    assert len(blocks) > 10
+    assert worst.complexity <= 15, f"{worst.name}: {worst.complexity}"

@@ -44,7 +44,7 @@ _ATTRS = {
 }
 # No submodule may share a name with an attribute above (importing it would rebind the package attribute).
 _SUBMODULES = ("accel", "backbones", "heads", "weights", "scoring", "inputs", "metric", "functional", "allpairs",
-               "evaluate", "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export",
+               "data", "train", "lpips_compat", "lpips_utils", "sanity", "config", "folders", "export",
                "agreement")
 
 __all__ = ["PerceptualDistance", "MetricConfig", "create_metric", "distance_folders", "LPIPS", "distance",

@@ -56,18 +56,13 @@ LPIPS_NETS = ("alex", "vgg", "vgg16", "squeeze")
 _WEIGHT_ENUMS = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights", "squeezenet1_1": "SqueezeNet1_1_Weights"}
 
 
-def _trunk_from_file(arch: str, path: str | os.PathLike[str]) -> nn.Sequential:
-    """torchvision ``arch().features`` loaded from a local state dict: the whole torchvision file
-    (``features.N.*`` and ``classifier.*`` keys) or the features alone (``features.N.*`` or ``N.*``).
-    Loaded strictly: a trunk that silently kept random layers would be a different metric."""
-    import torchvision.models as tvm
-
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from ``path`` (``torch.load(weights_only=True)``; a ``state_dict`` entry unwrapped)."""
     from .weights import WeightsError
 
-    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pnet_path={os.fspath(path)!r}: no such file (a torchvision {arch} state dict, "
-                                "the whole model or its features)")
+        raise FileNotFoundError(f"pnet_path={os.fspath(path)!r}: no such file (a torchvision state dict, the whole "
+                                "model or its features)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, truncated files
@@ -76,19 +71,29 @@ def _trunk_from_file(arch: str, path: str | os.PathLike[str]) -> nn.Sequential:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"pnet_path={os.fspath(path)!r} does not hold a state dict of tensors")
+    return state
+
+
+def _trunk_from_file(arch: str, path: str | os.PathLike[str]) -> nn.Sequential:
+    """torchvision ``arch().features`` loaded from a local state dict: the whole torchvision file
+    (``features.N.*`` and ``classifier.*`` keys) or the features alone (``features.N.*`` or ``N.*``).
+    Loaded strictly: a trunk that silently kept random layers would be a different metric."""
+    import torchvision.models as tvm
+
+    from .weights import WeightsError
+
+    state = _read_state_dict(Path(path))
     features = getattr(tvm, arch)(weights=None).features
     trunk = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not trunk:  # a features-only file saved from `model.features.state_dict()`
         trunk = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     want = features.state_dict()
-    missing, unexpected = sorted(set(want) - set(trunk)), sorted(set(trunk) - set(want))
-    bad = [k for k in want if k in trunk and tuple(trunk[k].shape) != tuple(want[k].shape)]
-    if missing or unexpected or bad:
+    problems = [f"missing {', '.join(sorted(set(want) - set(trunk))[:4])}" if set(want) - set(trunk) else "",
+                f"unexpected {', '.join(sorted(set(trunk) - set(want))[:4])}" if set(trunk) - set(want) else "",
+                ", ".join(f"wrong shape {k}" for k in want if k in trunk and trunk[k].shape != want[k].shape)[:200]]
+    if any(problems):
         raise WeightsError(f"pnet_path={os.fspath(path)!r} does not fit torchvision's {arch} features: "
-                           + "; ".join(part for part in (
-                               f"missing {', '.join(missing[:4])}" if missing else "",
-                               f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
-                               f"wrong shape {', '.join(bad[:4])}" if bad else "") if part))
+                           + "; ".join(p for p in problems if p))
     features.load_state_dict({k: v.float() for k, v in trunk.items()})
     return features
 
@@ -230,34 +235,14 @@ class LPIPS(nn.Module):
 
     def _build(self, pretrained: bool, net: str, version: str, lpips: bool, spatial: bool, pnet_rand: bool,
                pnet_tune: bool, use_dropout: bool, model_path: str | None, eval_mode: bool, verbose: bool) -> None:
-        from . import weights as wts
-
         if version not in ("0.0", "0.1"):
             raise ValueError(f"version must be '0.1' or '0.0', got {version!r}")
         self.pnet_type, self.pnet_tune, self.pnet_rand = net, pnet_tune, pnet_rand
         self.spatial, self.lpips, self.version = spatial, lpips, version
         self.check_inputs = True
         self._range_check = RangeCheck()
-        if net in _SLICES:
-            arch, cuts, self.chns, self.min_size = _SLICES[net]
-            self.scaling_layer: nn.Module | None = ScalingLayer()
-            self.net: nn.Module = _SlicedTrunk(_torchvision_trunk(arch, not pnet_rand, self.pnet_path), cuts)
-            lin_name: str | None = f"lpips-{'vgg' if net == 'vgg16' else net}-v{version}"
-        else:
-            try:
-                backbone = wts.build_backbone(net, "random" if pnet_rand else None)
-            except ValueError as e:
-                raise ValueError(f"net={net!r}: {e}. LPIPS nets: {', '.join(LPIPS_NETS)}; lowps backbones: "
-                                 "lowps.list_backbones()") from e
-            if version != "0.1":
-                raise ValueError("version='0.0' exists only for the LPIPS nets (alex, vgg, squeeze)")
-            self.chns = [layer.channels for layer in backbone.layers]
-            self.min_size = backbone.min_size
-            self.scaling_layer = None
-            self.net = _LowpsTrunk(backbone)
-            heads = [e for e in wts.list_weights(kind="head") if e.arch == backbone.arch
-                     and e.base == getattr(backbone, "weights_name", None)]
-            lin_name = heads[0].name if heads else None
+        lin_name = self._build_trunk(net, version, pnet_rand) if net in _SLICES else self._build_lowps_trunk(
+            net, version, pnet_rand)
         self.L = len(self.chns)
         self.net.requires_grad_(pnet_tune)
         if lpips:
@@ -265,19 +250,47 @@ class LPIPS(nn.Module):
                 self.add_module(f"lin{k}", NetLinLayer(c, use_dropout=use_dropout))
             self.lins = nn.ModuleList([getattr(self, f"lin{k}") for k in range(self.L)])
             if pretrained:
-                source = model_path if model_path is not None else lin_name
-                if source is None:
-                    raise ValueError(f"no trained linear layers are registered for net={net!r} with these trunk "
-                                     "weights; pass model_path=<file from `lowps train linear`>, or "
-                                     "lpips=False for the unweighted distance, or pretrained=False for random lins")
-                if verbose:
-                    print(f"lowps.LPIPS: net={net} v{version} lin weights from {source}", file=sys.stderr)
-                self.load_lin(source)
+                self._load_pretrained_lins(model_path if model_path is not None else lin_name, net, version, verbose)
         if verbose:
             print(f"lowps.LPIPS: {'LPIPS' if lpips else 'baseline'} [{net}], v[{version}], spatial "
                   f"[{'on' if spatial else 'off'}]", file=sys.stderr)
         if eval_mode:
             self.eval()
+
+    def _build_trunk(self, net: str, version: str, pnet_rand: bool) -> str:
+        """An LPIPS net (alex, vgg, squeeze): torchvision's trunk cut at LPIPS's taps; its lin weights' name."""
+        arch, cuts, self.chns, self.min_size = _SLICES[net]
+        self.scaling_layer: nn.Module | None = ScalingLayer()
+        self.net: nn.Module = _SlicedTrunk(_torchvision_trunk(arch, not pnet_rand, self.pnet_path), cuts)
+        return f"lpips-{'vgg' if net == 'vgg16' else net}-v{version}"
+
+    def _build_lowps_trunk(self, net: str, version: str, pnet_rand: bool) -> str | None:
+        """A lowps backbone behind LPIPS's signature; the name of a head trained on it, if one is registered."""
+        from . import weights as wts
+
+        try:
+            backbone = wts.build_backbone(net, "random" if pnet_rand else None)
+        except ValueError as e:
+            raise ValueError(f"net={net!r}: {e}. LPIPS nets: {', '.join(LPIPS_NETS)}; lowps backbones: "
+                             "lowps.list_backbones()") from e
+        if version != "0.1":
+            raise ValueError("version='0.0' exists only for the LPIPS nets (alex, vgg, squeeze)")
+        self.chns = [layer.channels for layer in backbone.layers]
+        self.min_size = backbone.min_size
+        self.scaling_layer = None
+        self.net = _LowpsTrunk(backbone)
+        heads = [e for e in wts.list_weights(kind="head") if e.arch == backbone.arch
+                 and e.base == getattr(backbone, "weights_name", None)]
+        return heads[0].name if heads else None
+
+    def _load_pretrained_lins(self, source: str | None, net: str, version: str, verbose: bool) -> None:
+        if source is None:
+            raise ValueError(f"no trained linear layers are registered for net={net!r} with these trunk "
+                             "weights; pass model_path=<file from `lowps train linear`>, or "
+                             "lpips=False for the unweighted distance, or pretrained=False for random lins")
+        if verbose:
+            print(f"lowps.LPIPS: net={net} v{version} lin weights from {source}", file=sys.stderr)
+        self.load_lin(source)
 
     def load_lin(self, source: str | os.PathLike[str]) -> None:
         """Load linear weights strictly from a registry name or file (lpips ``.pth`` keys accepted)."""
@@ -314,47 +327,57 @@ class LPIPS(nn.Module):
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False,  # noqa: N803
                 normalize: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """LPIPS distance N x 1 x 1 x 1 (N x 1 x H x W with ``spatial``); ``retPerLayer`` also returns
+        each layer's term. Inputs in [-1, 1], or [0, 1] with ``normalize=True``."""
+        x0, x1 = self._inputs(in0, in1, normalize)
+        feats0, feats1 = self._features(x0, x1)
+        res = [self._layer_distance(k, feats0[k], feats1[k], tuple(x0.shape[2:])) for k in range(self.L)]
+        val = res[0]
+        for r in res[1:]:
+            val = val + r
+        return (val, res) if retPerLayer else val
+
+    def _inputs(self, in0: torch.Tensor, in1: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated, in the trunk's dtype, mapped to [-1, 1] and through the scaling layer."""
         if in0.ndim == 4 and in1.ndim == 4 and in0.shape[0] != in1.shape[0] and 1 in (in0.shape[0], in1.shape[0]):
             # one image against a batch broadcasts, as in lpips
             n = max(in0.shape[0], in1.shape[0])
             in0, in1 = in0.expand(n, *in0.shape[1:]), in1.expand(n, *in1.shape[1:])
         x0, x1 = validate_pair(in0, in1, (0.0, 1.0) if normalize else (-1.0, 1.0), min_size=self.min_size,
                                check_values=self.check_inputs and not graph_mode(), range_check=self._range_check)
-        param = next(self.net.parameters())
-        if x0.dtype != param.dtype:
-            if x0.is_floating_point() and param.dtype in (torch.float16, torch.bfloat16, torch.float64):
-                x0, x1 = x0.to(param.dtype), x1.to(param.dtype)  # after .half()/.double(), as lpips
+        dtype = next(self.net.parameters()).dtype
+        if x0.dtype != dtype and dtype in (torch.float16, torch.bfloat16, torch.float64):
+            x0, x1 = x0.to(dtype), x1.to(dtype)  # after .half()/.double(), as lpips
         if normalize:  # [0, 1] -> [-1, 1]
             x0, x1 = 2 * x0 - 1, 2 * x1 - 1
         if self.version == "0.1" and self.scaling_layer is not None:
             x0, x1 = self.scaling_layer(x0), self.scaling_layer(x1)
-        n = x0.shape[0]
+        return x0, x1
+
+    def _features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The trunk's taps for both sides: one forward of both batches, or (a loss) the side without
+        gradients run without autograd, so backward covers n images instead of 2n."""
         if self.raise_malloc_thresholds and x0.device.type == "cpu" and not graph_mode():
             _raise_malloc_thresholds()  # opted in: once per process, as PerceptualDistance does
         grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
         if grad0 != grad1 and not self.pnet_tune:
-            # a loss: run the side without gradients without autograd (backward over n images, not 2n)
             with torch.no_grad():
                 fixed = self.net(x1 if grad0 else x0)
             tracked = self.net(x0 if grad0 else x1)
-            feats0, feats1 = (tracked, fixed) if grad0 else (fixed, tracked)
-        elif n == 0:
-            feats0 = feats1 = self.net(x0)
-        else:
-            parts = [f.split(n) for f in self.net(torch.cat([x0, x1]))]
-            feats0, feats1 = [p[0] for p in parts], [p[1] for p in parts]
-        res = []
-        for k in range(self.L):
-            f0, f1 = feats0[k], feats1[k]
-            wide = f0.dtype if f0.dtype in (torch.float32, torch.float64) else torch.float32
-            diff = (unit_normalize(f0.to(wide)) - unit_normalize(f1.to(wide))) ** 2
-            d = self._lin(k)(diff.to(self._lin(k).conv.weight.dtype)) if self.lpips else diff.sum(1, keepdim=True)
-            if self.spatial:
-                d = F.interpolate(d, size=tuple(x0.shape[2:]), mode="bilinear", align_corners=False)
-            else:
-                d = d.mean((2, 3), keepdim=True)
-            res.append(d)
-        val = res[0]
-        for r in res[1:]:
-            val = val + r
-        return (val, res) if retPerLayer else val
+            return (tracked, fixed) if grad0 else (fixed, tracked)
+        n = x0.shape[0]
+        if n == 0:
+            feats = self.net(x0)
+            return feats, feats
+        parts = [f.split(n) for f in self.net(torch.cat([x0, x1]))]
+        return [p[0] for p in parts], [p[1] for p in parts]
+
+    def _layer_distance(self, k: int, f0: torch.Tensor, f1: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """Layer ``k``'s term: squared difference of unit-normalised features, weighted by the linear
+        layer (or summed over channels), then averaged over space (or upsampled with ``spatial``)."""
+        wide = f0.dtype if f0.dtype in (torch.float32, torch.float64) else torch.float32
+        diff = (unit_normalize(f0.to(wide)) - unit_normalize(f1.to(wide))) ** 2
+        d = self._lin(k)(diff.to(self._lin(k).conv.weight.dtype)) if self.lpips else diff.sum(1, keepdim=True)
+        if self.spatial:
+            return F.interpolate(d, size=size, mode="bilinear", align_corners=False)
+        return d.mean((2, 3), keepdim=True)

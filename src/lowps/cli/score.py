@@ -213,3 +213,7 @@ def _download(a: argparse.Namespace) -> int:
 
     print(download_bapps(a.subset, progress=not a.quiet))
     return 0
+
+
+if __name__ == "__main__":  # python -m lowps.cli.score == lowps-score (for torchrun -m)
+    sys.exit(score_main())
