@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_score(root: Path, nproc: int, cores: int, out: Path, extra: list[str]) -> float:
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // nproc)))
-    args = ["-m", "lowps.cli_score", "--root", str(root), "--quiet", "--json", str(out), *extra]
+    args = ["-m", "lowps.cli.score", "--root", str(root), "--quiet", "--json", str(out), *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", "29533", *args]
