@@ -118,3 +118,43 @@ def test_report_renders_in_headless_chromium_from_file(tmp_path):
     assert flags_seen, dom[:500]
     n_imgs = len(re.findall(r"<img ", page))
     assert flags_seen.group(1) == "1" * n_imgs and n_imgs >= 4  # the chart and at least one triplet
+
+
+@pytest.mark.parametrize("mode", ["2afc", "jnd"])
+def test_bapps_report(tmp_path, mode):
+    """--dataset bapps --report: the cases come from all scored categories, in their order, with the
+    images as the BAPPS loader gives them; JND pairs are ranked against the share judged the same."""
+    import json
+
+    from bapps_fixture import make_bapps
+    from lowps.data.bapps import bapps_records
+
+    root = make_bapps(tmp_path / "bapps", n=6, categories=("traditional", "cnn"), jnd=True)
+    out = tmp_path / "r.html"
+    rc = score_main(["--dataset", "bapps", "--root", str(root), "--mode", mode, "--weights", "random",
+                     "--distance", "local", "meanpool", "--baselines", "l2", "--bootstrap", "100",
+                     "--report", str(out), "--report-k", "3", "--json", str(tmp_path / "r.json"), "--quiet"])
+    assert rc == 0
+    page = out.read_text()
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page) and "<script" not in page.lower()
+    reports = json.loads((tmp_path / "r.json").read_text())["reports"]
+    records, images = bapps_records(root, mode, "val", ["traditional", "cnn"])
+    assert len(records) == len(images) == 12 == len(reports[0]["distances"]["d0"])
+    for r in reports:  # per-category CIs in the table, no per-category distances left in the JSON
+        for c in r["categories"].values():
+            assert "distances" not in c and len(c["ci95"]) == 2 and c["ci95"][0] <= c["score"] <= c["ci95"][1]
+    assert "95% CI" in page and f"bapps {mode} val" in page
+    d = reports[0]["distances"]
+    if mode == "2afc":
+        want = disagreements_2afc(d["d0"], d["d1"], [t.h for t in records], 3)
+        shown = [int(m) for m in re.findall(r'alt="reference of triplet (\d+)"', page)]
+        assert shown[:len(want)] == want
+        assert all(f"2afc/val/{records[i].category}/" in page for i in want)
+    else:
+        want = worst_ranked_mos(d["d0"], [r.score for r in records], 3)
+        shown = [int(m) for m in re.findall(r'alt="p0 of pair (\d+)"', page)]
+        assert shown == want and "judged them the same" in page
+    # the thumbnails are the scored images: the first shown case's reference, as the BAPPS set loads it
+    from lowps.report import _png_uri
+
+    assert _png_uri(images[want[0]][0]) in page

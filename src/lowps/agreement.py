@@ -154,8 +154,13 @@ def _distances(ds: Dataset, scorer: Scorer, mode: str, batch_size: int, device: 
 
 def score_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: str = "val",
                 categories: list[str] | None = None, batch_size: int = 50, device: str | torch.device = "cpu",
-                num_workers: int = 0, progress: bool = True, keep_distances: bool = False) -> dict:
-    """Score ``scorer`` on BAPPS; returns the report (also what ``--json`` writes)."""
+                num_workers: int = 0, progress: bool = True, keep_distances: bool = False,
+                bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Score ``scorer`` on BAPPS; returns the report (also what ``--json`` writes).
+
+    Each category gets a 95% percentile-bootstrap interval of its score (``ci95``) over
+    ``bootstrap`` resamples of its items (every BAPPS item has its own reference patch, so items are
+    the independent unit); ``bootstrap=0`` gives none."""
     base = find_root(root)
     cats = categories or list_categories(base, mode, split)
     report: dict = {"dataset": "bapps", "mode": mode, "split": split, "root": str(base),
@@ -171,11 +176,16 @@ def score_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: str
             if layer_names:
                 entry["layers"] = scoring.layerwise_2afc({n: d[f"d0:{n}"] for n in layer_names},
                                                          {n: d[f"d1:{n}"] for n in layer_names}, d["judge"])
+            entry["ci95"] = scoring.bootstrap(
+                lambda i, d=d: {"score": scoring.score_2afc(d["d0"][i], d["d1"][i], d["judge"][i])},
+                np.arange(len(ds)), bootstrap, seed).get("score")
         else:
             entry = {"n": len(ds), "score": scoring.score_jnd(d["d"], d["same"])}
             layer_names = [k[2:] for k in d if k.startswith("d:")]
             if layer_names:
                 entry["layers"] = {n: scoring.score_jnd(d[f"d:{n}"], d["same"]) for n in layer_names}
+            entry["ci95"] = scoring.bootstrap(lambda i, d=d: {"score": scoring.score_jnd(d["d"][i], d["same"][i])},
+                                              np.arange(len(ds)), bootstrap, seed).get("score")
         if keep_distances:
             entry["distances"] = {k: v.tolist() for k, v in d.items()}
         report["categories"][cat] = entry
@@ -292,9 +302,11 @@ def format_table(report: dict) -> str:
     label = "2AFC" if report["mode"] == "2afc" else "JND mAP"
     options = {k: v for k, v in report["config"].items() if k != "metric"}
     lines = [f"{report['config'].get('metric')} {json.dumps(options)}",
-             f"{'category':<16}{'n':>8}{label + ' %':>12}"]
+             f"{'category':<16}{'n':>8}{label + ' %':>12}{'95% CI':>18}"]
     for cat, e in report["categories"].items():
-        lines.append(f"{cat:<16}{e['n']:>8}{100 * e['score']:>12.2f}")
+        ci = e.get("ci95")
+        ci_s = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
+        lines.append(f"{cat:<16}{e['n']:>8}{100 * e['score']:>12.2f}{ci_s:>18}")
         for name, v in e.get("layers", {}).items():
             lines.append(f"  {name:<14}{'':>8}{100 * v:>12.2f}")
     names = {"distortions": "mean: distortions (traditional, cnn)",

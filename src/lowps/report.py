@@ -8,10 +8,12 @@ small for any set size.
 
 What it shows (the selection rules are `disagreements_2afc`, `metric_splits_2afc`, `worst_ranked_mos`):
 
-* 2AFC sets: the K triplets where the first metric disagrees most confidently with the human
-  majority, and the K where the first two metrics disagree most with each other;
-* MOS sets: each metric against MOS with its fitted logistic, and the K pairs the first metric
-  ranks furthest from the people.
+* 2AFC sets (2AFC CSVs, NIGHTS, BAPPS 2AFC): the K triplets where the first metric disagrees most
+  confidently with the human majority, and the K where the first two metrics disagree most with
+  each other;
+* MOS sets, and BAPPS JND (its "fraction who judged the pair the same" taken as the score): each
+  metric against the scores with its fitted logistic, and the K pairs the first metric ranks
+  furthest from the people.
 """
 from __future__ import annotations
 
@@ -134,16 +136,18 @@ def _case_2afc(i: int, rec: Any, imgs: tuple, reports: list[dict], dists: list[d
             f'{100 * (1 - h):.0f}% of people chose p0, {100 * h:.0f}% p1</p><ul>{"".join(rows)}</ul></div>')
 
 
-def _case_mos(i: int, rec: Any, imgs: tuple, reports: list[dict], dists: list[dict]) -> str:
+def _case_mos(i: int, rec: Any, imgs: tuple, reports: list[dict], dists: list[dict], jnd: bool = False) -> str:
+    labels = ("p0", "p1") if jnd else ("reference", "distorted")
     figs = "".join(f'<figure><img alt="{lab} of pair {i}" src="{_png_uri(im)}"><figcaption>{lab}</figcaption>'
-                   "</figure>" for lab, im in zip(("reference", "distorted"), imgs))
+                   "</figure>" for lab, im in zip(labels, imgs))
     rows = "".join(f"<li>{_esc(_name(r))}: distance {d['d0'][i]:.4g}</li>" for r, d in zip(reports, dists))
     where = _esc(getattr(rec, "where", "") or f"row {i}")
+    said = f"{100 * rec.score:.0f}% of people judged them the same" if jnd else f"score {rec.score:.4g}"
     return (f'<div class="case"><div class="trio">{figs}</div><p>#{i} ({where}, {_esc(rec.category)}): '
-            f"score {rec.score:.4g}</p><ul>{rows}</ul></div>")
+            f"{said}</p><ul>{rows}</ul></div>")
 
 
-def _mos_scatter(reports: list[dict], dists: list[dict], mos: np.ndarray) -> str:
+def _mos_scatter(reports: list[dict], dists: list[dict], mos: np.ndarray, ylabel: str = "subjective score") -> str:
     from .agreement import _figure
     from .scoring import fit_logistic5
 
@@ -158,7 +162,7 @@ def _mos_scatter(reports: list[dict], dists: list[dict], mos: np.ndarray) -> str
         order = np.argsort(x, kind="stable")
         ax.plot(x[order], fitted[order], color="#c62828")
         ax.set_xlabel(f"{_name(r)} distance", fontsize=8)
-        ax.set_ylabel("subjective score", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
     fig.tight_layout()
     return f'<img alt="metric against MOS" src="{_figure_uri(fig)}">'
 
@@ -166,8 +170,10 @@ def _mos_scatter(reports: list[dict], dists: list[dict], mos: np.ndarray) -> str
 def write_report(path: str | os.PathLike[str], reports: list[dict], records: list, dataset: Any, *,
                  k: int = 24, command: str = "", higher_is_better: bool = True) -> Path:
     """Write the report for ``reports`` (from `lowps.agreement.score_judgements` with
-    ``keep_distances=True``) of ``records`` (their `Triplet`/`Rated` list) whose images ``dataset``
-    (`lowps.data.judgements.ImageTuples`, as scored) loads. Written atomically."""
+    ``keep_distances=True``, or BAPPS reports given ``distances`` flattened over their categories)
+    of ``records`` (their `Triplet`/`Rated` list) whose images ``dataset`` (as scored:
+    `lowps.data.judgements.ImageTuples`, or `lowps.data.bapps.bapps_records`' set) loads. Written
+    atomically."""
     from ._io import OutputError, write_text_atomic
     from .agreement import plot_comparison
     from .data.judgements import Triplet
@@ -179,8 +185,11 @@ def write_report(path: str | os.PathLike[str], reports: list[dict], records: lis
         raise OutputError(f"report {p}: give a file name ending in .html")
     dists = [r["distances"] for r in reports]
     first = reports[0]
-    parts = [f"<h1>lowps-score: {_esc(first['dataset'])}</h1>",
-             f"<p>{len(records)} records from {_esc(first.get('source', ''))}; {len(reports)} metric(s). "
+    jnd = first.get("dataset") == "bapps" and first.get("mode") == "jnd"
+    title = first["dataset"] + (f" {first['mode']} {first['split']}" if first["dataset"] == "bapps" else "")
+    source = first.get("source") or first.get("root", "")
+    parts = [f"<h1>lowps-score: {_esc(title)}</h1>",
+             f"<p>{len(records)} records from {_esc(source)}; {len(reports)} metric(s). "
              "Images are shown as scored, upscaled by nearest neighbour.</p>",
              "<h2>Comparison</h2>", _table(reports)]
     import tempfile
@@ -210,23 +219,24 @@ def write_report(path: str | os.PathLike[str], reports: list[dict], records: lis
                 _case_2afc(i, records[i], dataset[i][:3], reports, dists) for i in split) + "</div>")
     else:
         mos = np.asarray([r.score for r in records], np.float64)
-        parts.append("<h2>Each metric against the subjective scores</h2>")
+        parts.append("<h2>Each metric against the " + ("share of people who judged each pair the same (BAPPS JND)"
+                                                       if jnd else "subjective scores") + "</h2>")
         try:
-            parts.append(_mos_scatter(reports, dists, mos))
+            parts.append(_mos_scatter(reports, dists, mos, "judged the same" if jnd else "subjective score"))
         except ImportError:
             parts.append("<p>(no scatter: matplotlib is not installed)</p>")
         worst = worst_ranked_mos(dists[0]["d0"], mos, k, higher_is_better)
         parts.append(f"<h2>Pairs {_esc(_name(first))} ranks furthest from people ({len(worst)})</h2>")
         parts.append('<div class="cases">' + "".join(
-            _case_mos(i, records[i], dataset[i][:2], reports, dists) for i in worst) + "</div>")
-    prov = {"versions": first.get("versions"), "command": command,
+            _case_mos(i, records[i], dataset[i][:2], reports, dists, jnd) for i in worst) + "</div>")
+    prov = {"versions": first.get("versions"), "command": command, "source": source,
             "metrics": [r["config"] for r in reports], "resize": first.get("resize"),
             "resize_filter": first.get("resize_filter"), "bootstrap": first.get("bootstrap")}
     import json
 
     parts.append("<h2>Provenance</h2><pre>" + _esc(json.dumps(prov, indent=1, default=str)) + "</pre>")
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>lowps-score report: "
-            f"{_esc(first['dataset'])}</title><style>{_CSS}</style></head><body>" + "\n".join(parts)
+            f"{_esc(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(parts)
             + "</body></html>\n")
     write_text_atomic(p, lambda f: None if f.write(page) else None)
     return p

@@ -45,3 +45,27 @@ def test_init_and_bias_decay_switches(tmp_path):
     with pytest.raises(ValueError, match="TPU ResNets.*resnet18"):
         train_backbone(TrainConfig(arch="resnet18", init="kaiming", data="folder:" + str(tmp_path),
                                    out=str(tmp_path / "run")))
+
+
+def test_crop_label_smoothing_and_width_axes(tmp_path):
+    """The paper's sec. 6 axes: no random crop (flips only), label smoothing, narrower ResNet-6."""
+    import timm
+    import torch
+
+    from lowps.train.backbone import TrainConfig, _augment, train_backbone
+
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = _augment(x, 0, torch.Generator().manual_seed(0))
+    same = (out == x.float()).flatten(1).all(1)
+    flipped = (out == x.float().flip(3)).flatten(1).all(1)
+    assert bool((same | flipped).all()) and 0 < int(flipped.sum()) < 64  # flips only, no shift
+    shifted = _augment(x, 2, torch.Generator().manual_seed(0))
+    assert not bool(((shifted == x.float()).flatten(1).all(1) | (shifted == x.float().flip(3)).flatten(1).all(1)).all())
+    for bad, match in (({"crop_pad": -1}, "crop-pad"), ({"crop_pad": 1.5}, "crop-pad"),
+                       ({"label_smoothing": 1.0}, "label-smoothing"), ({"label_smoothing": float("nan")}, "label")):
+        with pytest.raises(ValueError, match=match):
+            train_backbone(TrainConfig(data="folder:" + str(tmp_path), out=str(tmp_path / "run"), **bad))
+    for arch, chans in (("resnet6_w50", [32, 64, 128, 256]), ("resnet6_w25", [16, 32, 64, 128])):
+        m = timm.create_model(arch, num_classes=10)
+        assert m.conv1.out_channels == chans[0] and m.stage_channels == chans
+        assert [f.shape[1] for f in m.forward_stages(torch.rand(1, 3, 64, 64))] == chans

@@ -36,11 +36,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: The backbones of the paper's study that lowps defines itself (all also in timm's registry).
-LOWPS_BACKBONES = ("resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu",
+LOWPS_BACKBONES = ("resnet6", "resnet6_w50", "resnet6_w25", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu",
                    "vit_base_patch8_64", "vit_large_patch4_64")
 
 _CNN_REDUCTIONS = (4, 8, 16, 32)
-_TPU_ARCHS = ("resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu")
+_TPU_ARCHS = ("resnet6", "resnet6_w50", "resnet6_w25", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu")
 
 
 @dataclass(frozen=True)

@@ -706,19 +706,24 @@ class TPUResNet(nn.Module):
             normal(std 0.01) with zero bias; ``"kaiming"``: Kaiming fan-out normal (lowps < 0.2).
         init_seed: seed of a local ``torch.Generator`` for the init (``None``: the global RNG), so
             seeded random networks never touch or depend on the global random stream.
+        width: multiplier of every layer's channels (stem 64, stages 64-512 at 1.0); Kumar et al. sec. 6
+            find ResNet-6's best perceptual score at 25% width (Fig. 6b).
     """
 
     widths = (64, 128, 256, 512)
 
     def __init__(self, layers: Sequence[int], block: str = "basic", num_classes: int = 1000,
-                 in_chans: int = 3, init: str = "tpu", init_seed: int | None = None) -> None:
+                 in_chans: int = 3, init: str = "tpu", init_seed: int | None = None, width: float = 1.0) -> None:
         super().__init__()
+        if not 0 < width <= 4:
+            raise ValueError(f"width must be a channel multiplier in (0, 4], got {width}")
+        widths = [max(1, round(c * width)) for c in self.widths]
         if block not in _BLOCKS:
             raise ValueError(f"unknown block {block!r}; expected one of {sorted(_BLOCKS)}")
         block_cls, expansion = _BLOCKS[block]
-        self.conv1, self.bn1 = _conv(in_chans, 64, 7, 2), _bn(64)
-        stages, cin = [], 64
-        for i, (n, w) in enumerate(zip(layers, self.widths)):
+        self.conv1, self.bn1 = _conv(in_chans, widths[0], 7, 2), _bn(widths[0])
+        stages, cin = [], widths[0]
+        for i, (n, w) in enumerate(zip(layers, widths)):
             cout = w * expansion
             blocks = [block_cls(cin, cout, 1 if i == 0 else 2, project=True)]
             blocks += [block_cls(cout, cout, 1, project=False) for _ in range(n - 1)]
@@ -726,7 +731,7 @@ class TPUResNet(nn.Module):
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.num_features = cin
-        self.stage_channels = [w * expansion for w in self.widths]
+        self.stage_channels = [w * expansion for w in widths]
         self.stage_reductions = [4, 8, 16, 32]
         self.feature_info = [{"num_chs": c, "reduction": r, "module": f"stages.{i}"}
                              for i, (c, r) in enumerate(zip(self.stage_channels, self.stage_reductions))]
@@ -956,6 +961,8 @@ default_cfgs = generate_default_cfgs({
     "resnet6.tiny_s5910": _cfg("resnet6_tiny_s5910.safetensors"),
     "resnet10.tiny_s5910": _cfg("resnet10_tiny_s5910.safetensors"),
     "resnet18_tpu.tiny_s3940": _cfg("resnet18_tiny_s3940.safetensors"),
+    "resnet6_w50.untrained": _cfg(None),
+    "resnet6_w25.untrained": _cfg(None),
     "resnet50_tpu.untrained": _cfg(None),
     "resnet200_tpu.untrained": _cfg(None),
 })
@@ -970,6 +977,18 @@ def _create(variant: str, layers: tuple[int, ...], block: str, pretrained: bool,
 def resnet6(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
     """ResNet-6 of Kumar et al. 2022: four single-conv residual blocks, 1,774,656 trunk parameters."""
     return _create("resnet6", (1, 1, 1, 1), "single", pretrained, **kwargs)
+
+
+@register_model
+def resnet6_w50(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
+    """ResNet-6 at half width (stem 32, stages 32-256 channels): the paper's width axis (sec. 6)."""
+    return _create("resnet6_w50", (1, 1, 1, 1), "single", pretrained, width=0.5, **kwargs)
+
+
+@register_model
+def resnet6_w25(pretrained: bool = False, **kwargs: Any) -> TPUResNet:
+    """ResNet-6 at quarter width (stem 16, stages 16-128), the paper's best width for ResNet-6 (Fig. 6b)."""
+    return _create("resnet6_w25", (1, 1, 1, 1), "single", pretrained, width=0.25, **kwargs)
 
 
 @register_model

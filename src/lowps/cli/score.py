@@ -74,7 +74,7 @@ def build_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart (with 95%% CIs where computed)")
     p.add_argument("--report", default=None, metavar="FILE.html",
                    help="a self-contained HTML page (opens offline): the table, the chart and the cases where the "
-                   "metrics and people disagree most, as thumbnails (2AFC CSVs, NIGHTS and MOS sets)")
+                   "metrics and people disagree most, as thumbnails (every dataset)")
     p.add_argument("--report-k", type=positive_int, default=24, metavar="K",
                    help="cases per section of --report (default 24)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -152,9 +152,6 @@ def _score(a: argparse.Namespace) -> int:
         raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
     if a.resize_filter != "bilinear" and a.resize is None:
         raise ValueError(f"--resize-filter {a.resize_filter} applies with --resize N")
-    if a.report and a.dataset == "bapps":
-        raise ValueError("--report covers 2AFC CSVs, NIGHTS and MOS sets; for BAPPS use --json and --plot (or score "
-                         "its 2AFC folders as a --dataset 2afc CSV)")
     records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
     scorers, skipped = _scorers(a)
     with process_group_from_env(a.device) as (rank, _):
@@ -162,7 +159,8 @@ def _score(a: argparse.Namespace) -> int:
         for scorer in scorers:
             if a.dataset == "bapps" or records is None:
                 reports.append(score_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
-                                              a.workers, progress=not a.quiet))
+                                           a.workers, progress=not a.quiet, keep_distances=bool(a.report),
+                                           bootstrap=a.bootstrap, seed=a.seed))
             else:
                 from ..data.judgements import MOS_DIRECTION
 
@@ -176,6 +174,8 @@ def _score(a: argparse.Namespace) -> int:
                                                    keep_distances=bool(a.report)))
     if rank != 0:
         return 0
+    if a.dataset == "bapps" and a.report:
+        _flatten_bapps_distances(reports)
     print(format_comparison(reports))
     for s in skipped:
         print(f"skipped {s['metric']}: {s['reason']}")
@@ -184,18 +184,36 @@ def _score(a: argparse.Namespace) -> int:
         write_json(a.json, {**payload, "skipped": skipped} if skipped else payload)
     if a.plot:
         plot_comparison(reports, a.plot)
-    if a.report and records is not None:
+    if a.report:
         import shlex
 
         from ..data.judgements import ImageTuples
         from ..report import write_report
 
-        write_report(a.report, reports, records, ImageTuples(records, a.resize, a.resize_filter), k=a.report_k,
-                     command=shlex.join(["lowps-score", *a.argv]),
+        if records is None:  # BAPPS: the records and images of the scored categories, loaded as scored
+            from ..data.bapps import bapps_records
+
+            records, images = bapps_records(reports[0]["root"], a.mode, a.split, list(reports[0]["categories"]))
+        else:
+            images = ImageTuples(records, a.resize, a.resize_filter)
+        write_report(a.report, reports, records, images, k=a.report_k, command=shlex.join(["lowps-score", *a.argv]),
                      higher_is_better=reports[0].get("higher_is_better", True))
         for r in reports:
             r.pop("distances", None)
     return EXIT_PARTIAL if skipped else 0
+
+
+def _flatten_bapps_distances(reports: list[dict]) -> None:
+    """BAPPS reports keep distances per category; the HTML report reads one list over the scored
+    categories in order (``d0``/``d1`` for 2AFC; JND's ``d`` as ``d0``). Per-layer distances are
+    dropped: the page shows totals, and --json stays the size it is without --report."""
+    for r in reports:
+        cats = list(r["categories"].values())
+        keys = ("d0", "d1") if r["mode"] == "2afc" else ("d",)
+        flat = {k: [v for c in cats for v in c["distances"][k]] for k in keys}
+        r["distances"] = {"d0": flat["d0"], "d1": flat["d1"]} if r["mode"] == "2afc" else {"d0": flat["d"]}
+        for c in cats:
+            del c["distances"]
 
 
 def score_main(argv: Sequence[str] | None = None) -> int:

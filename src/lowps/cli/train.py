@@ -14,7 +14,8 @@ def _cmd_train_backbone(a: argparse.Namespace) -> int:
     cfg = TrainConfig(arch=a.arch, data=a.data, out=a.out, epochs=a.epochs, lr=a.lr,
                       weight_decay=a.weight_decay, ckpt_every=a.ckpt_every, seed=a.seed,
                       limit_per_class=a.limit_per_class, device=a.device, threads=a.threads, progress=not a.quiet,
-                      stop_after=a.stop_after, init=a.init, bias_decay=not a.no_bias_decay)
+                      stop_after=a.stop_after, init=a.init, bias_decay=not a.no_bias_decay,
+                      crop_pad=a.crop_pad, label_smoothing=a.label_smoothing)
     explicit = {k for k in ("batch_size", "schedule", "warmup_epochs") if getattr(a, k) is not None}
     for k in explicit:
         setattr(cfg, k, getattr(a, k))
@@ -75,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tb.add_argument("--ckpt-steps", default=None,
                     help="extra checkpoint steps, comma-separated (default 0,25,50,100,150,200)")
     tb.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation")
+    tb.add_argument("--crop-pad", type=non_negative_int, default=4, metavar="PX",
+                    help="random crops of the image reflect-padded by PX (default 4); 0: no crop, flips only "
+                    "(the paper's central-crop variant, Kumar et al. sec. 6)")
+    tb.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
     tb.add_argument("--limit-per-class", type=positive_int, default=None,
                     help="use at most N training images per class")
     tb.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")

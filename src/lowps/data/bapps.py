@@ -216,3 +216,41 @@ def download_bapps(subset: str = "val", base_url: str | None = None, progress: b
         marker.write_text("ok\n")
         archive.unlink(missing_ok=True)  # the extracted tree is what is kept
     return dataset
+
+
+class _Concat(Dataset):
+    """Items of several BAPPS category sets in order, each as the set loads it (what was scored)."""
+
+    def __init__(self, sets: list[_BappsSet]) -> None:
+        self.sets = sets
+        self.index = [(k, i) for k, ds in enumerate(sets) for i in range(len(ds))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, ...]:
+        k, i = self.index[j]
+        return self.sets[k][i]
+
+
+def bapps_records(root: str | os.PathLike[str] | None, mode: str = "2afc", split: str = "val",
+                  categories: list[str] | None = None) -> tuple[list, Dataset]:
+    """Every item of the chosen BAPPS categories as judgement records (`Triplet` for 2AFC with
+    ``h`` = the judge value; `Rated` for JND with ``score`` = the fraction who judged the pair the
+    same, p0 as ``ref``), in category order, with a dataset that loads them as scoring does. Used by
+    ``lowps-score --dataset bapps --report``."""
+    from .judgements import Rated, Triplet
+
+    base = find_root(root)
+    cats = categories or list_categories(base, mode, split)
+    sets: list[_BappsSet] = [TwoAFCSet(base, c, split) if mode == "2afc" else JNDSet(base, c, split) for c in cats]
+    records: list = []
+    for cat, ds in zip(cats, sets):
+        if isinstance(ds, TwoAFCSet):
+            records += [Triplet(r, a, b, float(h), f"{cat}", f"{mode}/{split}/{cat}/{r.stem}")
+                        for r, a, b, h in zip(ds.ref, ds.p0, ds.p1, ds.judge.tolist())]  # type: ignore[attr-defined]
+        else:
+            records += [Rated(a, b, float(v), f"{cat}", f"{mode}/{split}/{cat}/{a.stem}")
+                        for a, b, v in zip(ds.p0, ds.p1, ds.same.tolist())]  # type: ignore[attr-defined]
+    return records, _Concat(sets)
+

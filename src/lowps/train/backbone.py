@@ -53,7 +53,8 @@ class TrainConfig:
     ckpt_every: int = 250
     ckpt_steps: list[int] = field(default_factory=lambda: [0, 25, 50, 100, 150, 200])
     seed: int = 0
-    crop_pad: int = 4
+    crop_pad: int = 4  # random crop of the reflect-padded image; 0: no crop (the paper's "central crop", sec. 6)
+    label_smoothing: float = 0.0  # Kumar et al. sec. 6: lowers PS for deep ResNets, ResNet-6 ~invariant
     image_size: int = 64
     limit_per_class: int | None = None
     eval_batch: int = 500
@@ -196,6 +197,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
     if cfg.lr is not None and (not finite("lr", cfg.lr) or not 0 < cfg.lr <= 10):
         raise ValueError(f"--lr must be a finite learning rate in (0, 10], got {cfg.lr}")
+    if isinstance(cfg.crop_pad, bool) or not isinstance(cfg.crop_pad, int) or cfg.crop_pad < 0:
+        raise ValueError(f"--crop-pad must be an integer >= 0 (0: no random crop), got {cfg.crop_pad!r}")
+    if not finite("label_smoothing", cfg.label_smoothing) or not 0 <= cfg.label_smoothing < 1:
+        raise ValueError(f"--label-smoothing must lie in [0, 1), got {cfg.label_smoothing}")
     if not finite("warmup_epochs", cfg.warmup_epochs) or cfg.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
 
@@ -287,7 +292,7 @@ def _train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         logits = ddp(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
