@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 
-from lowps._cpu import GLIBC_DYNAMIC_MMAP_MAX
+from lowps.accel.allocator import GLIBC_DYNAMIC_MMAP_MAX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

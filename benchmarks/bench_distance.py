@@ -124,7 +124,7 @@ def cpu_name() -> str:
     """The CPU's model name, the vector ISA PyTorch's kernels use on it (AVX2, AVX512...), AMX where
     present, and its family/model numbers: machines of one name differ in ISA (VMs often report a bare
     "Intel(R) Xeon(R) Processor"), and oneDNN's kernel choice, hence every ratio, follows the ISA."""
-    from lowps._cpu import cpu_info  # the one /proc/cpuinfo reader
+    from lowps.accel.probe import cpu_info  # the one /proc/cpuinfo reader
 
     fields = cpu_info()
     name = fields.get("model name") or platform.processor() or platform.machine()

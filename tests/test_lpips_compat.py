@@ -252,22 +252,18 @@ def test_offline_error_says_what_to_place_not_pnet_rand(monkeypatch, tmp_path):
     assert "not LPIPS" in str(e.value)
 
 
-def test_no_call_touches_the_allocator_unless_the_object_opts_in(monkeypatch):
-    # As PerceptualDistance (issue #36): off by default, an explicit per-object opt-in.
-    import lowps.lpips_compat as lc
+def test_no_call_touches_the_allocator(monkeypatch):
+    # As PerceptualDistance (issue #36): lowps.accel.tune_allocator() is the only way, called explicitly.
+    from lowps.accel import allocator
 
     calls = []
-    monkeypatch.setattr(lc, "_raise_malloc_thresholds", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "raise_malloc_thresholds", lambda: calls.append(1) or True)
     m = lowps.LPIPS(net="squeeze", pretrained=False, pnet_rand=True, verbose=False)
     x0, x1 = random_pair(32, 32)
     with torch.inference_mode():
         m(x0, x1, normalize=True)
     m(x0.clone().requires_grad_(), x1, normalize=True).sum().backward()
-    assert calls == []
-    m.raise_malloc_thresholds = True
-    with torch.inference_mode():
-        m(x0, x1, normalize=True)
-    assert len(calls) == 1
+    assert calls == [] and not hasattr(m, "raise_malloc_thresholds")
 
 
 def test_real_imagenet_trunk_from_a_local_file():

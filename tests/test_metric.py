@@ -1,6 +1,5 @@
 """Properties every head must have, on the real ResNet-6 trunk (random weights: fast, deterministic)."""
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -189,16 +188,16 @@ def test_chunked_calls_equal_one_big_call(head):
     m = metric(head)
     x, y = pair(5)
     full, per = m(x, y, per_layer=True)
-    m.chunk_pixels = 2 * 64 * 64 * 2  # two pairs per backbone call: chunks of 2, 2, 1
+    m._chunk_pixels = 2 * 64 * 64 * 2  # two pairs per backbone call: chunks of 2, 2, 1
     assert len(m._chunks(x)) == 3
     chunked, per_c = m(x, y, per_layer=True)
     assert _close_to_scale(chunked, full)
     assert all(_close_to_scale(per_c[k], per[k]) for k in per)
     f = m.embed(x)
-    m.chunk_pixels = 2 ** 30
+    m._chunk_pixels = 2 ** 30
     g = m.embed(x)
     assert f.shape == g.shape and _close_to_scale(f, g)
-    m.chunk_pixels = 64 * 64  # below one pair: each image gets its own forward
+    m._chunk_pixels = 64 * 64  # below one pair: each image gets its own forward
     assert _close_to_scale(m(x, y), full)
 
 
@@ -209,13 +208,13 @@ def test_chunked_spatial_and_gradients_equal_one_call():
     d = m(x, y)
     (gx,) = torch.autograd.grad(d.sum(), x)
     s = m.spatial(x.detach(), y)
-    m.chunk_pixels = 64 * 64 * 2
+    m._chunk_pixels = 64 * 64 * 2
     d2 = m(x, y)
     (gx2,) = torch.autograd.grad(d2.sum(), x)
     # chunk sizes change the batch each conv sees, hence its kernel: compare gradients to their scale
     assert torch.allclose(d2, d, rtol=1e-5) and _close_to_scale(gx2, gx)
     assert _close_to_scale(m.spatial(x.detach(), y), s)
-    m.chunk_pixels = 64 * 64  # one image per forward
+    m._chunk_pixels = 64 * 64  # one image per forward
     d3 = m(x, y)
     (gx3,) = torch.autograd.grad(d3.sum(), x)
     # (batch 1 vs 3 may pick other conv kernels: compare against the gradient's scale)
@@ -230,7 +229,7 @@ def test_chunked_loss_splits_the_batch_instead_of_slicing_it(tracked):
     x, y = pair(5)
     x.requires_grad_(True)
     y.requires_grad_(tracked == "both")
-    m.chunk_pixels = 2 * 64 * 64 * 2  # chunks of 2, 2, 1 pairs
+    m._chunk_pixels = 2 * 64 * 64 * 2  # chunks of 2, 2, 1 pairs
     nodes = autograd_node_names(m(x, y).sum())
     assert "SliceBackward0" not in nodes and "SplitBackward0" in nodes
 
@@ -262,7 +261,7 @@ def test_torch_compile_matches_eager():
     with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         d = torch.compile(m)(x, y)
-    # lowps's CPU checks are constants to dynamo (lowps._cpu), not cache wrappers it traces through
+    # lowps's CPU checks are constants to dynamo (lowps.accel.probe), not cache wrappers it traces through
     assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
     # Documented tolerance for torch.compile: 1e-5 relative (inductor may reorder float sums).
     assert torch.allclose(d, ref, rtol=1e-5, atol=1e-9)
@@ -287,28 +286,6 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
     assert forced.precision == "bf16" and next(forced.backbone.parameters()).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("vendor, avx512_bf16, amx, native", [
-    ("GenuineIntel", False, False, False), ("GenuineIntel", True, False, False), ("GenuineIntel", True, True, True),
-    ("AuthenticAMD", True, False, True), ("AuthenticAMD", False, False, False), ("", True, False, True)])
-def test_native_bf16_on_cpu(monkeypatch, vendor, avx512_bf16, amx, native):
-    # measured (docs/performance.md): AVX-512 BF16 alone is slower than fp32 on an Intel Xeon without
-    # AMX, faster on an AMD EPYC; AMX is fast; AVX2 emulates
-    import lowps.metric as lm
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(lm, "_cpu_vendor", lambda: vendor)
-    assert lm.native_low_precision("bf16", "cpu") is native
-    assert lm.native_low_precision("fp32", "cpu") and lm.native_low_precision("bf16", "cuda")
-
-
-def test_cpu_vendor_is_read():
-    import lowps.metric as lm
-    vendor = lm._cpu_vendor()
-    assert isinstance(vendor, str)
-    if Path("/proc/cpuinfo").is_file() and "vendor_id" in Path("/proc/cpuinfo").read_text():
-        assert vendor
-
-
 def test_bf16_kept_where_native(monkeypatch):
     import lowps.metric as lm
     monkeypatch.setattr(lm, "native_low_precision", lambda precision, device="cpu": True)
@@ -316,13 +293,13 @@ def test_bf16_kept_where_native(monkeypatch):
     assert m.precision == "bf16" and next(m.backbone.parameters()).dtype == torch.bfloat16
 
 
-def test_no_call_touches_the_allocator_unless_the_object_opts_in(monkeypatch):
-    # Issue #36: a library call must not change process-global state. The allocator tuning is
-    # lowps.accel.tune_allocator(), or an explicit per-object opt-in.
-    import lowps.metric as lm
+def test_no_call_touches_the_allocator_and_the_old_opt_in_is_deprecated(monkeypatch):
+    # Issue #36: a library call must not change process-global state: the allocator tuning is
+    # lowps.accel.tune_allocator(), called explicitly; the 0.2 attribute warns and does that.
+    from lowps.accel import allocator
 
     calls = []
-    monkeypatch.setattr(lm, "_raise_malloc_thresholds", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "raise_malloc_thresholds", lambda: calls.append(1) or True)
     m = metric("meanpool")
     x, y = pair(2)
     with torch.inference_mode():
@@ -330,8 +307,8 @@ def test_no_call_touches_the_allocator_unless_the_object_opts_in(monkeypatch):
         m.embed(x)
     m(x.clone().requires_grad_(), y).sum().backward()
     assert calls == []
-    m.raise_malloc_thresholds = True  # the opt-in
-    with torch.inference_mode():
-        m(x, y)
-    m(x.clone().requires_grad_(), y).sum().backward()  # a loss: the target side untracked (two backbone calls)
-    assert len(calls) == 3
+    with pytest.warns(DeprecationWarning, match="tune_allocator"):
+        m.raise_malloc_thresholds = True
+    assert calls == [1]
+    with pytest.warns(DeprecationWarning, match="chunk_pixels"):
+        assert m.chunk_pixels == m._chunk_pixels

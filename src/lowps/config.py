@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .metric import PerceptualDistance
 
-__all__ = ["MetricConfig", "create_metric", "DISTANCES", "PRECISIONS", "STYLE_NORMS", "WeightsSpec"]
+__all__ = ["MetricConfig", "create_metric", "DISTANCES", "PRECISIONS", "STYLE_NORMS", "ACCELERATE", "WeightsSpec"]
 
 #: ``None`` (the backbone's default weights), ``"random"`` (seeded random init, the paper's baseline),
 #: ``"timm"`` (timm's pretrained weights), a registry name (``lowps.weights.list_weights()``), a local
@@ -33,6 +33,8 @@ DISTANCES = ("meanpool", "local", "style", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Gram normalisation of the style head (the paper leaves it open, sec. 8.1; docs/concepts.md).
 STYLE_NORMS = ("hw", "none")
+#: ``auto``: the trunk in its fast inference form (`lowps.accel.accelerate`); ``none``: the reference network.
+ACCELERATE = ("auto", "none")
 
 
 def _check_choice(name: str, value: object, choices: Sequence[str], hint: str = "") -> None:
@@ -76,6 +78,9 @@ class MetricConfig:
         "style head: divide each Gram matrix by H x W (hw) or not (none); the paper leaves it open (sec. 8.1)",
         choices=STYLE_NORMS))
     check_inputs: bool = field(default=True, metadata={"cli": None})  # the CLI's inputs come from files
+    accelerate: str = field(default="auto", metadata=_cli(
+        "auto: the trunk's fast inference form (lowps.accel; BatchNorm folded, CPU fast paths); none: the reference "
+        "network (same distances within float rounding, slower)", choices=ACCELERATE))
 
     def __post_init__(self) -> None:
         from .inputs import parse_input_range  # late: inputs imports torch
@@ -87,6 +92,7 @@ class MetricConfig:
             raise ValueError(f"backbone must be a model name, got {self.backbone!r}")
         _check_choice("distance", self.distance, DISTANCES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("accelerate", self.accelerate, ACCELERATE)
         _check_choice("style_norm", self.style_norm, STYLE_NORMS,
                       " (hw: Gram / (H W), the default; none: the raw Gram)")
         if self.style_norm != "hw" and self.distance != "style":

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cpu import raise_malloc_thresholds as _raise_malloc_thresholds
 from ._modes import graph_mode
 from .heads import unit_normalize
 from .inputs import RangeCheck, affine_normalisation, validate_pair
@@ -321,10 +320,6 @@ class LPIPS(nn.Module):
     def _lin(self, k: int) -> NetLinLayer:
         return cast(NetLinLayer, self.lins[k])
 
-    #: Opt-in, per object, as `PerceptualDistance.raise_malloc_thresholds`: off by default (a library
-    #: call must not change process-global state); ``lowps.accel.tune_allocator()`` does it explicitly.
-    raise_malloc_thresholds: bool = False
-
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False,  # noqa: N803
                 normalize: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """LPIPS distance N x 1 x 1 x 1 (N x 1 x H x W with ``spatial``); ``retPerLayer`` also returns
@@ -357,8 +352,6 @@ class LPIPS(nn.Module):
     def _features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The trunk's taps for both sides: one forward of both batches, or (a loss) the side without
         gradients run without autograd, so backward covers n images instead of 2n."""
-        if self.raise_malloc_thresholds and x0.device.type == "cpu" and not graph_mode():
-            _raise_malloc_thresholds()  # opted in: once per process, as PerceptualDistance does
         grad0, grad1 = (torch.is_grad_enabled() and x.requires_grad for x in (x0, x1))
         if grad0 != grad1 and not self.pnet_tune:
             with torch.no_grad():

@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ._cpu import cpu_vendor as _cpu_vendor
-from ._cpu import raise_malloc_thresholds as _raise_malloc_thresholds
 from ._modes import forward_ad_active, functorch_active, graph_mode
+from .accel.probe import native_low_precision
 from .backbones import Backbone
 from .config import PRECISIONS, MetricConfig, WeightsSpec
 from .heads import Head, LinearHead, create_head
@@ -22,24 +21,9 @@ _PRECISIONS = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16
 
 
 _WARNED: set[str] = set()
-
-
-def native_low_precision(precision: str, device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` runs ``precision`` convolutions faster than fp32: always on GPUs; on CPUs
-    bf16 needs AMX, or AVX-512 BF16 on a non-Intel CPU; fp16 needs AMX-FP16. Measured
-    (docs/performance.md): AVX2-only CPUs emulate bf16 (4-11x slower than fp32); an AMD EPYC with
-    AVX-512 BF16 ran the default metric ~1.45x faster in bf16; an Intel Xeon with AVX-512 BF16 but
-    no AMX ran it at 0.74x its fp32 speed (bf16 convs at 0.6x fp32's throughput); with AMX bf16 convs
-    run at 8x fp32's."""
-    device = torch.device(device)
-    if precision == "fp32" or device.type != "cpu":
-        return True
-    cpu = torch.cpu
-    if precision == "bf16":
-        if cpu._is_amx_tile_supported():
-            return True
-        return bool(cpu._is_avx512_bf16_supported()) and _cpu_vendor() != "GenuineIntel"
-    return bool(cpu._is_amx_fp16_supported())
+_MALLOC_DEPRECATED = ("PerceptualDistance.raise_malloc_thresholds is deprecated (lowps 0.3): call "
+                      "lowps.accel.tune_allocator() once, where lowps is the only model in the process; setting it "
+                      "True does that now")
 
 
 def _nonfinite_to_nan(*xs: torch.Tensor) -> torch.Tensor:
@@ -93,6 +77,9 @@ class PerceptualDistance(nn.Module):
             [-1, 1]) is an error; otherwise values beyond a 10% overshoot are taken as they are with one
             `lowps.InputRangeWarning` per metric object, so a loss never stops a training run. One
             reduction per call; skipped under tracing/compiling (torch.export, torch.compile).
+        accelerate: ``"auto"`` (default): the trunk in its fast inference form (`lowps.accel`:
+            BatchNorm folded, CPU fast paths swapped in); ``"none"``: the reference network as the
+            paper defines it, slower, with the same distances within float rounding (tested).
 
     ``forward(img0, img1)`` returns a tensor of shape (N,). The module starts in eval mode with
     frozen parameters; gradients flow to the inputs, so it can be used as a loss.
@@ -105,14 +92,16 @@ class PerceptualDistance(nn.Module):
                  layers: Sequence[str | int] | None = None,
                  input_range: tuple[float, float] | str = (0.0, 1.0),
                  head_weights: WeightsSpec = None, check_inputs: bool = True,
-                 precision: str = "fp32", force_precision: bool = False, style_norm: str = "hw") -> None:
+                 precision: str = "fp32", force_precision: bool = False, style_norm: str = "hw",
+                 accelerate: str = "auto") -> None:
         super().__init__()
         #: The options this metric was built from (`lowps.MetricConfig`): a cache key and a record.
         self.config = MetricConfig(backbone=backbone, distance=distance, weights=weights,
                                    layers=layers,  # type: ignore[arg-type]  # normalised to a tuple
                                    input_range=input_range,  # type: ignore[arg-type]  # parsed from "lo,hi"
                                    head_weights=head_weights, check_inputs=check_inputs,
-                                   precision=precision, force_precision=force_precision, style_norm=style_norm)
+                                   precision=precision, force_precision=force_precision, style_norm=style_norm,
+                                   accelerate=accelerate)
         # Built outside inference mode whatever the caller's mode: parameters and buffers made under
         # torch.inference_mode() are inference tensors that no later autograd call may use.
         with torch.inference_mode(False):
@@ -162,10 +151,11 @@ class PerceptualDistance(nn.Module):
         self.register_buffer("_shift", shift, persistent=False)
         self.requires_grad_(False)
         self.eval()
-        # Fast paths that keep results within float rounding (<1e-6 relative): BatchNorm folded into
-        # the convs and ResNet-6's shortcuts merged into its 3x3 convs (the metric never trains its
-        # trunk; TPUResNet.fuse), and channels_last convolutions.
-        self.backbone.reparameterize()
+        # The trunk's fast inference form (lowps.accel: BatchNorm folded, ResNet-6's shortcuts merged,
+        # CPU fast paths; the metric never trains its trunk): results within float rounding of the
+        # reference network (accelerate="none"). channels_last convolutions either way.
+        if cfg.accelerate == "auto":
+            self.backbone.reparameterize()
         if self.backbone.kind != "cls":
             self.backbone.to(memory_format=torch.channels_last)
         self._set_trunk_precision()
@@ -249,21 +239,37 @@ class PerceptualDistance(nn.Module):
     #: Pixels (images x H x W) per backbone call. Larger batches run in chunks of pairs: results are
     #: identical (every sample is independent in eval mode), but activations stay small enough for
     #: the allocator to reuse memory instead of page-faulting fresh blocks (docs/performance.md).
-    chunk_pixels: int = 2 ** 19
+    _chunk_pixels: int = 2 ** 19
 
-    #: Opt-in, per object: on its eager CPU calls, tune glibc's malloc thresholds for the process
-    #: (`lowps.accel.tune_allocator`, once per process). Off by default: a library call must not change
-    #: process-global state; call ``lowps.accel.tune_allocator()`` yourself where lowps is the only
-    #: model in the process (docs/performance.md, "Alone in a process").
-    raise_malloc_thresholds: bool = False
+    @property
+    def chunk_pixels(self) -> int:
+        """Deprecated (0.3): an internal memory bound, no longer part of the API."""
+        warnings.warn("PerceptualDistance.chunk_pixels is deprecated (lowps 0.3) and will be removed: it is an "
+                      "internal memory bound", DeprecationWarning, stacklevel=2)
+        return self._chunk_pixels
+
+    @chunk_pixels.setter
+    def chunk_pixels(self, value: int) -> None:
+        warnings.warn("PerceptualDistance.chunk_pixels is deprecated (lowps 0.3) and will be removed: it is an "
+                      "internal memory bound", DeprecationWarning, stacklevel=2)
+        self._chunk_pixels = value
+
+    @property
+    def raise_malloc_thresholds(self) -> bool:
+        """Deprecated (0.3): call ``lowps.accel.tune_allocator()`` once instead."""
+        warnings.warn(_MALLOC_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return False
+
+    @raise_malloc_thresholds.setter
+    def raise_malloc_thresholds(self, value: bool) -> None:
+        warnings.warn(_MALLOC_DEPRECATED, DeprecationWarning, stacklevel=2)
+        if value:
+            from .accel import tune_allocator
+
+            tune_allocator()
 
     def _normalize(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout.
-
-        Every backbone call starts here, so this is where an object that opted in
-        (`raise_malloc_thresholds`) tunes the allocator (a list lookup after the first)."""
-        if self.raise_malloc_thresholds and xs[0].device.type == "cpu" and not graph_mode():
-            _raise_malloc_thresholds()
+        """Concatenate batches and map them into the backbone's normalised input, in its dtype/layout."""
         dtype = next(self.backbone.parameters()).dtype  # float32, bf16/fp16 (precision), or float64
         functorch = functorch_active()  # torch.func (vmap, jacfwd, grad, ...)
         # vmap has no channels_last for its batched (one dim higher) tensors: NCHW under torch.func
@@ -297,7 +303,7 @@ class PerceptualDistance(nn.Module):
             # export/compile/trace: one graph for any batch size, no chunk loop; an empty batch gives
             # empty results of the right shape
             return (x,)
-        return x.split(max(1, self.chunk_pixels // (images_per_item * h * w)))
+        return x.split(max(1, self._chunk_pixels // (images_per_item * h * w)))
 
     def _pair_features(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n = x0.shape[0]
@@ -315,7 +321,7 @@ class PerceptualDistance(nn.Module):
                 fixed = self.backbone(self._normalize([x1 if grad0 else x0]))
             tracked = self.backbone(self._normalize([x0 if grad0 else x1]))
             return (tracked, fixed) if grad0 else (fixed, tracked)
-        if 2 * x0.shape[-2] * x0.shape[-1] > self.chunk_pixels and n == 1:
+        if 2 * x0.shape[-2] * x0.shape[-1] > self._chunk_pixels and n == 1:
             # One pair above the bound (large images): one image per forward halves the peak.
             return self.backbone(self._normalize([x0])), self.backbone(self._normalize([x1]))
         # One forward for both images: one kernel launch sequence, better batching on CPU and GPU.

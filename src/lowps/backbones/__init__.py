@@ -97,14 +97,15 @@ class Backbone(nn.Module):
         return f"arch={self.arch!r}, layers={self.layer_names}"
 
     def reparameterize(self) -> Backbone:
-        """Switch the trunk to its inference form, in place, where it has one (timm's ``fuse``/
-        ``reparameterize`` convention): for lowps's TPU ResNets, BatchNorm folded into the convs and
-        ResNet-6's shortcuts merged into its 3x3 convs (``TPUResNet.fuse``), the same function up to
-        float rounding. Other trunks are left as they are. The metric calls this; a training loop must
-        use an unfused backbone (``lowps.weights.build_backbone``)."""
-        fuse = getattr(self.model, "fuse", None)
-        if callable(fuse) and not self.model.training:
-            fuse()
+        """Switch the trunk to its fast inference form, in place, where it has one (timm's ``fuse``/
+        ``reparameterize`` convention; `lowps.accel.accelerate`): for lowps's TPU ResNets BatchNorm
+        folded, ResNet-6's shortcuts merged and the CPU fast paths swapped in, the same function up to
+        float rounding. Other trunks are left as they are. The metric calls this (unless
+        ``accelerate="none"``); a training loop must use the reference (``lowps.weights.build_backbone``)."""
+        from ..accel import accelerate
+
+        if not self.model.training:
+            accelerate(self.model)
         return self
 
 

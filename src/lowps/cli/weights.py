@@ -68,8 +68,8 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
 
 #: Architectures `lowps weights convert` reads (lowps.weights.convert_tf's name maps).
-CONVERTIBLE = ("resnet6", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu", "resnet50", "resnet200",
-               "resnet18")
+CONVERTIBLE = ("resnet6", "resnet6_w50", "resnet6_w25", "resnet10", "resnet18_tpu", "resnet50_tpu", "resnet200_tpu",
+               "resnet50", "resnet200", "resnet18")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""lowps._cpu: the CPU facts and the one process-level allocator setting (raise_malloc_thresholds)."""
+"""lowps.accel.allocator: the one process-level setting lowps offers (tune_allocator), never made by a call."""
 import json
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from lowps import _cpu
+from lowps.accel import allocator as _cpu
 
 glibc_linux = pytest.mark.skipif(not (sys.platform.startswith("linux") and _cpu._glibc()),
                                  reason="glibc's dynamic malloc thresholds exist only under glibc on Linux")
@@ -31,7 +31,7 @@ def test_raise_malloc_thresholds_stops_the_heap_trim_between_steps():
     # top by chance and hide the trim (seen in 2 of 8 processes with torch.empty).
     out = _fresh("""
         import ctypes, json, resource
-        from lowps import _cpu
+        from lowps.accel import allocator as _cpu
 
         libc = ctypes.CDLL(None)
         libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

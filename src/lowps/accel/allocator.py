@@ -1,48 +1,8 @@
-"""What this CPU is, for the fast paths whose speed differs by vendor and vector ISA, and the one process-level
-allocator setting lowps makes on CPU (`raise_malloc_thresholds`; docs/performance.md)."""
+"""Opt-in process tuning: glibc's malloc thresholds (`tune_allocator`). Never done by a call."""
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
-
-import torch
-
-
-@functools.cache
-def cpu_info() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (``vendor_id``, ``model name``, ``cpu family``,
-    ``model``, ``flags``, ...); empty where there is none (not Linux)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if not line.strip():  # the first processor's block is enough
-                    break
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields
-
-
-# Both facts are read once, when this module is imported: the functions below then return plain module
-# constants, which torch.compile/export treat as constants (no file reads or caches to trace), and no
-# compiler module is imported on the call path (torch.compiler.assume_constant_result imported
-# torch._dynamo, which sets TORCHINDUCTOR_CACHE_DIR in the process's environment).
-_VENDOR = cpu_info().get("vendor_id", "")
-_NATIVE_AVX512 = torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...); "" where unknown."""
-    return _VENDOR
-
-
-def native_avx512() -> bool:
-    """Whether this CPU runs PyTorch's AVX-512 kernels (oneDNN then picks its AVX-512 convolutions)."""
-    return _NATIVE_AVX512
-
 
 #: glibc's ceiling for its dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): freeing an
 #: mmapped block up to this size raises the threshold to the block's size and the trim threshold to twice it.
@@ -86,3 +46,25 @@ def raise_malloc_thresholds() -> bool:
                 done = True
         _MALLOC_RAISED.append(done)
     return _MALLOC_RAISED[0]
+
+
+def tune_allocator() -> bool:
+    """Raise glibc's dynamic malloc thresholds to their ceiling (mmap 32 MiB, trim 64 MiB), once per
+    process; True where that happened (glibc), False elsewhere. Irreversible for the process.
+
+    A library call must not change process-global state, so lowps never does this by itself: call
+    it once in a program where lowps is the only model (an image optimised against the metric, a
+    folder scored). Why: glibc starts with 128 KiB thresholds and raises them only when a large
+    mmapped block is freed, so the top of the heap goes back to the kernel after every call and is
+    page-faulted in again by the next: ~1.1-1.2x the time of a 64x64/32 loss step or inference call
+    on the CPUs measured (docs/performance.md). See `raise_malloc_thresholds` for how.
+    """
+    return raise_malloc_thresholds()
+
+
+def tune_allocator_for_cli() -> bool:
+    """`tune_allocator` for lowps's own command-line processes, unless ``LOWPS_TUNE_ALLOCATOR`` is
+    0/false/no/off."""
+    if os.environ.get("LOWPS_TUNE_ALLOCATOR", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return tune_allocator()
