@@ -166,3 +166,20 @@ def test_offline_timm_hub_weights_fail_fast(monkeypatch):
     with pytest.raises(lowps.weights.OfflineError, match="LOWPS_OFFLINE is set"):
         lowps.PerceptualDistance(backbone="timm:resnet18", weights="timm")
     assert time.monotonic() - start < 30
+
+
+def test_the_reference_network_is_plain_pytorch():
+    """Issue #36: the paper's network reads on its own: no custom autograd Function, no CPU vendor or
+    ISA rule, no allocator code, no cached weight copies, at most 300 lines (fast paths: lowps.accel)."""
+    import ast
+    import inspect
+
+    from lowps.backbones import resnet_tpu
+
+    src = inspect.getsource(resnet_tpu)
+    assert len(src.splitlines()) <= 300
+    for banned in ("autograd.Function", "cpu_vendor", "avx", "malloc", "ctypes", "mkldnn", "_packed", "accel"):
+        assert banned not in src.replace("`lowps.accel`", ""), banned
+    imported = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    assert imported <= {"annotations", "Sequence", "torch", "torch.nn.functional", "feature_take_indices", "nn"}, imported
