@@ -122,7 +122,7 @@ def fit_layer_weights(d0: torch.Tensor, d1: torch.Tensor, h: torch.Tensor, *, l2
 def probes(triplets: list, images: dict, out: Path, size: int, masks: dict, h: np.ndarray,
            trunks: Path | None) -> list[dict]:
     """The alternatives docs/models.md reports as not helping, scored on every split:
-    the stem as an extra tap, the trunk on upsampled inputs, head and checkpoint combinations, and
+    the stem as an extra tap, the trunk on upsampled and downsampled inputs, head and checkpoint combinations, and
     (with ``--lpips-trunks DIR``) LPIPS's ImageNet trunks with and without their linear layers."""
     import torch.nn.functional as F
 
@@ -157,15 +157,18 @@ def probes(triplets: list, images: dict, out: Path, size: int, masks: dict, h: n
                 b = (r - stem(p1, pool)).pow(2).sum(1).mean((1, 2)).double().numpy()
                 add(f"{w} local + stem {'after' if pool else 'before'} pool", a + c["local:d0"].sum(1),
                     b + c["local:d1"].sum(1))
-    # the trunk on upsampled inputs
-    for scale in (1.5, 2.0, 3.0):
+    # the trunk on upsampled inputs (bicubic) and on downsampled ones (bilinear with antialiasing)
+    for scale in (1.5, 2.0, 3.0, 0.75, 0.5):
         def up(x: torch.Tensor, scale: float = scale) -> torch.Tensor:
+            if scale < 1:
+                return F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True,
+                                     align_corners=False).clamp(0, 1)
             return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
         for arch, w in (("resnet6", "resnet6-tiny-s1250"), ("resnet18_tpu", "resnet18-tiny-s3940")):
             m = lowps.PerceptualDistance(arch, weights=w)
             with torch.inference_mode():
-                add(f"{w} local on inputs upsampled x{scale}", m(up(ref), up(p0)).double().numpy(),
-                    m(up(ref), up(p1)).double().numpy())
+                add(f"{w} local on inputs {'upsampled' if scale > 1 else 'downsampled'} x{scale}",
+                    m(up(ref), up(p0)).double().numpy(), m(up(ref), up(p1)).double().numpy())
     # heads and checkpoints combined (sums of distances)
     other = cached("resnet6:resnet6-tiny-s5910")
     add("s1250 local + s1250 meanpool", (base["local:d0"] + base["meanpool:d0"]).sum(1),
