@@ -22,6 +22,7 @@ the same distances within float rounding (tests/accel/test_equivalence.py).
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import cast
 
 from torch import nn
 
@@ -50,12 +51,15 @@ def accelerate(model: nn.Module, skip: Collection[str] = ()) -> nn.Module:
     if not isinstance(model, TPUResNet) or "fuse" in skip:
         return model
     fuse_resnet(model)
-    if "stem" not in skip:
-        model.conv1, model.act1, model.pool = FastStem(model.conv1), nn.Identity(), nn.Identity()  # type: ignore[arg-type]
+    if "stem" not in skip:  # the whole stem in conv1's place; its ReLU and pool become identities
+        model.add_module("conv1", FastStem(model.conv1))
+        model.add_module("act1", nn.Identity())
+        model.add_module("pool", nn.Identity())
     for stage in model.stages:
-        for j, block in enumerate(stage):  # type: ignore[arg-type]
+        blocks = cast(nn.Sequential, stage)
+        for j, block in enumerate(blocks.children()):
             if isinstance(block, ConvReLU):
-                stage[j] = FastConvReLU(block.conv, packed="packed_weights" not in skip,  # type: ignore[index]
-                                        small_map_nchw=False if "small_map_nchw" in skip else None,
-                                        loss_input_grad="autograd" if "gemm_input_grad" in skip else "auto")
+                blocks[j] = FastConvReLU(block.conv, packed="packed_weights" not in skip,
+                                         small_map_nchw=False if "small_map_nchw" in skip else None,
+                                         loss_input_grad="autograd" if "gemm_input_grad" in skip else "auto")
     return model

@@ -3,6 +3,8 @@
 ResNet-6 it removes the four shortcut convs and residual adds (7% of the MACs at 64x64)."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +62,8 @@ def merge_shortcut(block: SingleConvBlock) -> ConvReLU:
     if isinstance(block.shortcut, nn.Identity):
         weight[:, :, 1, 1] += torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
     else:
-        proj, bn = block.shortcut  # type: ignore[misc]
+        shortcut = cast(nn.Sequential, block.shortcut)
+        proj, bn = cast(nn.Conv2d, shortcut[0]), shortcut[1]
         if not isinstance(bn, nn.Identity) or proj.bias is None:
             raise RuntimeError("merge_shortcut() needs BatchNorm folded first (fold_batchnorm)")
         weight[:, :, 1, 1] += proj.weight[:, :, 0, 0]
@@ -69,7 +72,7 @@ def merge_shortcut(block: SingleConvBlock) -> ConvReLU:
     merged = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, 3, conv.stride, conv.padding,
                                 bias=True, device=weight.device, dtype=weight.dtype)
     merged.weight.copy_(weight)
-    merged.bias.copy_(bias)  # type: ignore[union-attr]
+    cast(torch.Tensor, merged.bias).copy_(bias)
     return ConvReLU(merged.requires_grad_(conv.weight.requires_grad))
 
 
@@ -77,7 +80,8 @@ def fuse_resnet(model: TPUResNet) -> TPUResNet:
     """`fold_batchnorm`, then every single-conv block as a `ConvReLU` (`merge_shortcut`); in place."""
     fold_batchnorm(model)
     for stage in model.stages:
-        for j, block in enumerate(stage):  # type: ignore[arg-type]
+        blocks = cast(nn.Sequential, stage)
+        for j, block in enumerate(blocks.children()):
             if isinstance(block, SingleConvBlock):
-                stage[j] = merge_shortcut(block)  # type: ignore[index]
+                blocks[j] = merge_shortcut(block)
     return model

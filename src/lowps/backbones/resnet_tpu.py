@@ -186,7 +186,7 @@ class TPUResNet(nn.Module):
         """Names of every (conv, BN) pair, in the order the TPU code creates them."""
         pairs = [("conv1", "bn1")]
         for i, stage in enumerate(self.stages):
-            for j, block in enumerate(stage):  # type: ignore[arg-type]
+            for j, block in enumerate(stage.children()):
                 p = f"stages.{i}.{j}."
                 if isinstance(block.shortcut, nn.Sequential):
                     pairs.append((p + "shortcut.0", p + "shortcut.1"))
