@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,12 @@ def export_metric(metric: PerceptualDistance, path: str | os.PathLike[str], form
     with torch.no_grad():
         if format == "torchscript":
             buf = io.BytesIO()
-            torch.jit.save(torch.jit.trace(metric, example, check_trace=False), buf)
+            with warnings.catch_warnings():
+                # torch.jit reads every attribute of the module, the deprecated 0.2 knobs included:
+                # their warnings are about user code, not about this export
+                warnings.filterwarnings("ignore", message=r"PerceptualDistance\.\w+ is deprecated",
+                                        category=DeprecationWarning)
+                torch.jit.save(torch.jit.trace(metric, example, check_trace=False), buf)
             _write_bytes(path, buf.getvalue())
         elif format == "pt2":
             buf = io.BytesIO()
