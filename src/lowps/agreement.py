@@ -176,16 +176,17 @@ def score_bapps(root: str | None, scorer: Scorer, mode: str = "2afc", split: str
             if layer_names:
                 entry["layers"] = scoring.layerwise_2afc({n: d[f"d0:{n}"] for n in layer_names},
                                                          {n: d[f"d1:{n}"] for n in layer_names}, d["judge"])
-            entry["ci95"] = scoring.bootstrap(
-                lambda i, d=d: {"score": scoring.score_2afc(d["d0"][i], d["d1"][i], d["judge"][i])},
-                np.arange(len(ds)), bootstrap, seed).get("score")
+            def score(i: np.ndarray, d: dict = d) -> float:
+                return scoring.score_2afc(d["d0"][i], d["d1"][i], d["judge"][i])
         else:
             entry = {"n": len(ds), "score": scoring.score_jnd(d["d"], d["same"])}
             layer_names = [k[2:] for k in d if k.startswith("d:")]
             if layer_names:
                 entry["layers"] = {n: scoring.score_jnd(d[f"d:{n}"], d["same"]) for n in layer_names}
-            entry["ci95"] = scoring.bootstrap(lambda i, d=d: {"score": scoring.score_jnd(d["d"][i], d["same"][i])},
-                                              np.arange(len(ds)), bootstrap, seed).get("score")
+            def score(i: np.ndarray, d: dict = d) -> float:
+                return scoring.score_jnd(d["d"][i], d["same"][i])
+        entry["ci95"] = scoring.bootstrap(lambda i: {"score": score(i)}, np.arange(len(ds)), bootstrap,
+                                          seed).get("score")
         if keep_distances:
             entry["distances"] = {k: v.tolist() for k, v in d.items()}
         report["categories"][cat] = entry

@@ -21,6 +21,8 @@ _PRECISIONS = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16
 
 
 _WARNED: set[str] = set()
+_CHUNK_DEPRECATED = ("PerceptualDistance.chunk_pixels is deprecated (lowps 0.3) and will be removed: it is an "
+                     "internal memory bound")
 _MALLOC_DEPRECATED = ("PerceptualDistance.raise_malloc_thresholds is deprecated (lowps 0.3): call "
                       "lowps.accel.tune_allocator() once, where lowps is the only model in the process; setting it "
                       "True does that now")
@@ -244,14 +246,12 @@ class PerceptualDistance(nn.Module):
     @property
     def chunk_pixels(self) -> int:
         """Deprecated (0.3): an internal memory bound, no longer part of the API."""
-        warnings.warn("PerceptualDistance.chunk_pixels is deprecated (lowps 0.3) and will be removed: it is an "
-                      "internal memory bound", DeprecationWarning, stacklevel=2)
+        warnings.warn(_CHUNK_DEPRECATED, DeprecationWarning, stacklevel=2)
         return self._chunk_pixels
 
     @chunk_pixels.setter
     def chunk_pixels(self, value: int) -> None:
-        warnings.warn("PerceptualDistance.chunk_pixels is deprecated (lowps 0.3) and will be removed: it is an "
-                      "internal memory bound", DeprecationWarning, stacklevel=2)
+        warnings.warn(_CHUNK_DEPRECATED, DeprecationWarning, stacklevel=2)
         self._chunk_pixels = value
 
     @property

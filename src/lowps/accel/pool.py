@@ -4,9 +4,9 @@ kernel for bf16/fp16."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._modes import plain_ops_only
+from ..backbones.resnet_tpu import tf_same_max_pool
 
 __all__ = ["separable_max_pool", "stem_max_pool"]
 
@@ -62,4 +62,4 @@ def stem_max_pool(x: torch.Tensor) -> torch.Tensor:
     if x.dtype in (torch.bfloat16, torch.float16) and not (torch.is_grad_enabled() and x.requires_grad) \
             and not plain_ops_only():  # out= ops: no autograd, dual tensors, vmap or graph
         return separable_max_pool(x)
-    return F.max_pool2d(x, 3, 2, padding=(x.shape[-2] % 2, x.shape[-1] % 2), ceil_mode=True)
+    return tf_same_max_pool(x)

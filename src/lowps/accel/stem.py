@@ -57,7 +57,7 @@ def _pool_sub_batches(conv: Callable[[int], torch.Tensor], n: int, step: int,
     else:
         idx = torch.empty((n if keep_indices else min(step, n), *shape[1:]), dtype=torch.int64, device=y.device,
                           memory_format=fmt)
-        pad = list((ch % 2, cw % 2))
+        pad = [ch % 2, cw % 2]
     for i in range(0, n, step):
         if i:
             del y  # free the previous sub-batch's conv output before making the next
@@ -100,7 +100,7 @@ class LossStem(torch.autograd.Function):
         out, idx, weight = ctx.saved_tensors
         grad = torch.ops.aten.threshold_backward(grad, out, 0)  # the ReLU's mask, one pass (differentiable in grad)
         (h, w), (ch, cw) = ctx.size, ctx.conv_hw
-        pad = list((ch % 2, cw % 2))
+        pad = [ch % 2, cw % 2]
         if batched_tensor(grad):  # a vmapped backward: the whole batch through ops with batching rules
             shell = torch.empty((out.shape[0], out.shape[1], ch, cw), dtype=out.dtype, device=out.device)
             gy = torch.ops.aten.max_pool2d_with_indices_backward(grad, shell, [3, 3], [2, 2], pad, [1, 1], True, idx)
@@ -132,8 +132,6 @@ class LossStem(torch.autograd.Function):
         if gx is None:
             gx = torch.cat(parts) if len(parts) > 1 else parts[0]
         return gx, None, None, None, None, None
-
-
 
 
 class FastStem(nn.Module):
@@ -211,8 +209,7 @@ class FastStem(nn.Module):
         fmt = torch.channels_last if not batched_tensor(x) and x.is_contiguous(memory_format=torch.channels_last) \
             else torch.contiguous_format
         conv = self.conv
-        y = (F.conv2d(band.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride,
-                              (0, int(conv.padding[1]))))
+        y = F.conv2d(band.contiguous(memory_format=fmt), conv.weight, conv.bias, conv.stride, (0, int(conv.padding[1])))
         if r0 != want0 or r1 != want1:  # the pool's padding: never wins a max
             y = F.pad(y, (0, 0, r0 - want0, want1 - r1), value=float("-inf"))
         return F.max_pool2d(y, 3, 2, padding=(0, y.shape[-1] % 2), ceil_mode=True)

@@ -26,11 +26,7 @@ import timm
 import torch
 from torch import nn
 
-from . import (  # noqa: F401  (registers lowps models in timm's registry)
-    resnet_tpu,
-    tpu_registry,  # noqa: F401  (registers lowps's TPU ResNets in timm)
-    vit,
-)
+from . import resnet_tpu, tpu_registry, vit  # noqa: F401  (tpu_registry, vit: register lowps models in timm)
 from .resnet_tpu import TPUResNet
 
 __all__ = ["Backbone", "LayerInfo", "create_backbone", "check_backbone_name", "list_backbones", "LOWPS_BACKBONES",
