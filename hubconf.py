@@ -13,8 +13,8 @@ if os.path.isdir(_SRC) and _SRC not in sys.path:  # a checkout that is not pip-i
     sys.path.insert(0, _SRC)
 
 
-def lowps(backbone: str = "resnet6", distance: str = "local", weights=None, **kwargs):  # noqa: ANN001
-    """The paper's metric (Kumar et al. 2022): lowps's default, ResNet-6 with the local distance.
+def lowps(backbone: str = "resnet6", distance: str = "structure", weights=None, **kwargs):  # noqa: ANN001
+    """The paper's network (Kumar et al. 2022) as lowps's default metric: ResNet-6 with the structure distance.
 
     Keyword arguments are those of ``lowps.PerceptualDistance``.
     """

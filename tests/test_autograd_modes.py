@@ -18,7 +18,7 @@ import lowps
 from conftest import pair
 from lowps.functional import clear_cache
 
-HEADS = ["meanpool", "local", "style", "linear"]
+HEADS = ["structure", "meanpool", "local", "style", "linear"]
 # One of each kind of trunk: the paper's fused ResNet-6, a TPU ResNet with basic blocks, a timm CNN,
 # and a ViT (CLS taps). Random weights where nothing is shipped.
 KINDS = {"resnet6": (None, 64), "resnet10": ("random", 64), "timm:resnet18": ("random", 64),

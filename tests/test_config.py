@@ -24,7 +24,7 @@ def test_configs_normalise_so_equal_options_are_equal_keys():
 
 
 @pytest.mark.parametrize("field,value,expect", [
-    ("distance", "mean", "choose one of meanpool, local, style, linear"),
+    ("distance", "mean", "choose one of structure, local, meanpool, style, linear"),
     ("precision", "int8", "choose one of fp32, bf16, fp16"),
     ("style_norm", "c", "choose one of hw, none"),
 ])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import autograd_node_names
-from lowps.heads import HEADS, LinearHead, StyleHead, create_head, spatial_mean, unit_normalize
+from lowps.heads import HEADS, LinearHead, StructureHead, StyleHead, create_head, spatial_mean, unit_normalize
 
 CH = [4, 6]
 
@@ -34,6 +34,58 @@ def test_meanpool_head_formula():
     want = sum(((unit_normalize(x.mean((2, 3))) - unit_normalize(y.mean((2, 3)))) ** 2).sum(1) / x.shape[1]
                for x, y in zip(a, b))
     assert torch.allclose(head(a, b, [0, 1]).sum(1), want)
+
+
+def pearson(a, b):
+    """Per-channel Pearson correlation over positions, written out: (N, C)."""
+    za, zb = a.flatten(2) - a.flatten(2).mean(2, keepdim=True), b.flatten(2) - b.flatten(2).mean(2, keepdim=True)
+    return (za * zb).sum(2) / (za.pow(2).sum(2).sqrt() * zb.pow(2).sum(2).sqrt())
+
+
+def test_structure_head_is_one_minus_correlation_plus_meanpool():
+    a, b = feats(0), feats(1)
+    a, b = [x.double() for x in a], [x.double() for x in b]
+    meanpool = create_head("meanpool", CH)(a, b, [0, 1])
+    want = torch.stack([(1 - pearson(x, y)).mean(1) for x, y in zip(a, b)], 1)
+    # eps = 1e-2 against features of standard deviation ~0.29: rho moves by ~(eps / sd)^2 ~ 1e-3
+    head = StructureHead(CH, eps=1e-6)
+    assert torch.allclose(head(a, b, [0, 1]), want + meanpool, atol=1e-9)
+    assert torch.allclose(StructureHead(CH, texture_weight=0.0, eps=1e-6)(a, b, [0, 1]), want, atol=1e-9)
+    assert torch.allclose(StructureHead(CH, texture_weight=3.0, eps=1e-6)(a, b, [0, 1]), want + 3 * meanpool,
+                          atol=1e-9)
+    default = create_head("structure", CH)(a, b, [0, 1])
+    assert torch.allclose(default, want + meanpool, atol=2e-3) and not torch.allclose(default, want + meanpool,
+                                                                                       atol=1e-6)
+
+
+def test_structure_head_sees_colour_that_correlation_alone_misses():
+    # two flat feature maps of different levels: every correlation is undefined -> the structure term is 0;
+    # the texture (meanpool) term keeps them apart
+    a = [torch.ones(1, 4, 8, 8) * torch.tensor([1.0, 2, 3, 4])[:, None, None]]
+    b = [torch.ones(1, 4, 8, 8) * torch.tensor([4.0, 3, 2, 1])[:, None, None]]
+    assert float(StructureHead([4], texture_weight=0.0)(a, b, [0])) == 0.0
+    assert float(StructureHead([4])(a, b, [0])) > 0.1
+    assert float(StructureHead([4])(a, a, [0])) == 0.0
+
+
+def test_structure_head_gradient_is_finite_on_constant_maps():
+    a = torch.zeros(2, 4, 2, 2, requires_grad=True)  # dead ReLUs, or a flat image's deep map
+    b = torch.rand(2, 4, 2, 2)
+    StructureHead([4])([a], [b], [0]).sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_structure_head_map_averages_to_the_distance():
+    a, b = feats(0), feats(1)
+    head = create_head("structure", CH)
+    for i in range(2):
+        assert torch.allclose(head.layer_map(i, a[i], b[i]).mean((1, 2, 3)), head.layer(i, a[i], b[i]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1"])
+def test_structure_head_rejects_bad_texture_weight(bad):
+    with pytest.raises(ValueError, match="texture_weight"):
+        StructureHead(CH, texture_weight=bad)
 
 
 def test_style_gram_is_normalised_by_positions():
@@ -85,9 +137,10 @@ def test_linear_head_weighting_and_check():
     head.check()
 
 
-def test_maps_only_for_local_and_linear():
+def test_maps_only_for_local_linear_and_structure():
     a, b = feats(0), feats(1)
     assert create_head("local", CH).maps(a, b, [0, 1], (16, 16)).shape == (3, 2, 16, 16)
+    assert create_head("structure", CH).maps(a, b, [0, 1], (16, 16)).shape == (3, 2, 16, 16)
     with pytest.raises(NotImplementedError, match="spatial"):
         create_head("meanpool", CH).maps(a, b, [0], (16, 16))
 
@@ -98,7 +151,7 @@ def test_unknown_head_lists_choices():
 
 
 def test_heads_registry():
-    assert set(HEADS) == {"local", "meanpool", "style", "linear"}
+    assert set(HEADS) == {"structure", "local", "meanpool", "style", "linear"}
 
 
 def test_style_norm_is_switchable_and_checked():
@@ -159,7 +212,7 @@ def test_spatial_mean_equals_mean_and_keeps_the_gradient_in_the_maps_layout(shap
     assert g2.is_contiguous() and (g2 - g).abs().max() <= 1e-6 * g.abs().max()
 
 
-@pytest.mark.parametrize("name", ["meanpool", "local", "style"])
+@pytest.mark.parametrize("name", ["structure", "meanpool", "local", "style"])
 def test_head_gradients_arrive_in_the_features_layout(name):
     # The backbone's stage outputs are channels_last; a gradient in another layout costs a mixed-layout
     # add (with the next stage's gradient) and a conversion before every conv's backward.

@@ -254,7 +254,7 @@ def test_non_regular_files_are_refused_not_read(tmp_path):
 
 # -- everything else that was a traceback: clear errors or empty results ----------------------------
 
-@pytest.mark.parametrize("head", ["meanpool", "local", "style", "linear"])
+@pytest.mark.parametrize("head", ["structure", "meanpool", "local", "style", "linear"])
 def test_empty_batch_gives_empty_results(head):
     kw = {"head_weights": "ones"} if head == "linear" else {}
     m = lowps.PerceptualDistance(distance=head, weights="random", **kw)
@@ -262,7 +262,7 @@ def test_empty_batch_gives_empty_results(head):
     d, per = m(z, z, per_layer=True)
     assert d.shape == (0,) and all(v.shape == (0,) for v in per.values())
     assert m.embed(z).shape[0] == 0
-    if head in ("local", "linear"):
+    if head in ("structure", "local", "linear"):
         assert m.spatial(z, z).shape == (0, 1, 64, 64)
 
 

@@ -7,7 +7,7 @@ import torch
 import lowps
 from conftest import autograd_node_names, pair
 
-HEADS = ["local", "meanpool", "style", "linear"]
+HEADS = ["structure", "local", "meanpool", "style", "linear"]
 
 
 def metric(head, **kw):

@@ -6,7 +6,7 @@ from PIL import Image
 import lowps
 from conftest import pair
 
-HEADS = ["meanpool", "local", "style"]
+HEADS = ["structure", "meanpool", "local", "style"]
 
 
 def _count_images(metric):
@@ -76,7 +76,7 @@ def test_fused_fast_path_matches_unfused_backbone():
         assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
 
 
-ALL_HEADS = ["meanpool", "local", "style", "linear"]
+ALL_HEADS = ["structure", "meanpool", "local", "style", "linear"]
 
 
 def _metric(head, **kw):

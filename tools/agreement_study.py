@@ -31,7 +31,7 @@ import lowps
 from lowps.data.judgements import read_2afc_csv
 from lowps.scoring import score_2afc
 
-HEADS = ("meanpool", "local", "style")
+HEADS = ("structure", "local", "meanpool", "style")
 DEFAULT_CANDIDATES = [
     "resnet6:resnet6-tiny-s100", "resnet6:resnet6-tiny-s500", "resnet6:resnet6-tiny-s1250",
     "resnet6:resnet6-tiny-s2500", "resnet6:resnet6-tiny-s5910", "resnet10:resnet10-tiny-s5910",
@@ -140,7 +140,28 @@ def probes(triplets: list, images: dict, out: Path, size: int, masks: dict, h: n
         return dict(np.load(out / (spec.replace(":", "__") + f"_{size}.npz")))
 
     base = cached("resnet6:resnet6-tiny-s1250")
-    add("s1250 local (the default)", base["local:d0"].sum(1), base["local:d1"].sum(1))
+    add("s1250 structure (the default)", base["structure:d0"].sum(1), base["structure:d1"].sum(1))
+    add("s1250 local (the 0.3 default)", base["local:d0"].sum(1), base["local:d1"].sum(1))
+    # the structure head's texture (meanpool) share: 0 is the correlation alone
+    for tw in (0.0, 3.0, 10.0):
+        m = lowps.PerceptualDistance(weights="resnet6-tiny-s1250")
+        m.head.texture_weight = tw
+        with torch.inference_mode():
+            add(f"s1250 structure, texture_weight {tw:g}", m(ref, p0).double().numpy(), m(ref, p1).double().numpy())
+    # DISTS's own form (Ding et al. 2020, eq. 7-8) with uniform weights (alpha = beta = 1/2) on the same trunk
+    m = lowps.PerceptualDistance(weights="resnet6-tiny-s1250")
+
+    def dists(x: torch.Tensor, y: torch.Tensor, c: float = 1e-6) -> np.ndarray:
+        total = 0
+        for a, b in zip(m.features(x), m.features(y)):
+            ma, mb = a.mean((2, 3)), b.mean((2, 3))
+            va, vb = a.var((2, 3), unbiased=False), b.var((2, 3), unbiased=False)
+            cov = ((a - ma[..., None, None]) * (b - mb[..., None, None])).mean((2, 3))
+            t, s = (2 * ma * mb + c) / (ma ** 2 + mb ** 2 + c), (2 * cov + c) / (va + vb + c)
+            total = total + 1 - (t + s).mean(1) / 2
+        return total.double().numpy()
+    with torch.inference_mode():
+        add("s1250 DISTS form, uniform weights", dists(ref, p0), dists(ref, p1))
     # the stem (7x7 conv + BN + ReLU, before and after the max-pool) as a fifth layer
     for w in ("resnet6-tiny-s500", "resnet6-tiny-s1250", "resnet6-tiny-s5910"):
         m = lowps.PerceptualDistance(weights=w)
@@ -165,7 +186,7 @@ def probes(triplets: list, images: dict, out: Path, size: int, masks: dict, h: n
                                      align_corners=False).clamp(0, 1)
             return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
         for arch, w in (("resnet6", "resnet6-tiny-s1250"), ("resnet18_tpu", "resnet18-tiny-s3940")):
-            m = lowps.PerceptualDistance(arch, weights=w)
+            m = lowps.PerceptualDistance(arch, distance="local", weights=w)
             with torch.inference_mode():
                 add(f"{w} local on inputs {'upsampled' if scale > 1 else 'downsampled'} x{scale}",
                     m(up(ref), up(p0)).double().numpy(), m(up(ref), up(p1)).double().numpy())
@@ -242,16 +263,16 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"csv": str(a.csv), "size": a.size, "split": part,
                                                   "summary": summary, "rows": rows, "probes": extra}, indent=1))
     print("Every candidate, all layers, uniform weights (the paper's distance):")
-    print(f"{'candidate':36s} {'head':8s}   fit  held  held 95% CI")
+    print(f"{'candidate':36s} {'head':9s}   fit  held  held 95% CI")
     for r in sorted(summary, key=lambda r: -r["fit"]):
         lo, hi = r["heldout_ci"]
-        print(f"{r['candidate']:36s} {r['head']:8s} {100 * r['fit']:5.2f} {100 * r['heldout']:5.2f}  "
+        print(f"{r['candidate']:36s} {r['head']:9s} {100 * r['fit']:5.2f} {100 * r['heldout']:5.2f}  "
               f"[{100 * lo:5.2f}, {100 * hi:5.2f}]")
     print("\nBest 25 layer subsets and fitted per-layer weights, ranked on the fit split:")
-    print(f"{'candidate':36s} {'head':8s} {'layers':32s} {'weights':8s}   fit  held   all")
+    print(f"{'candidate':36s} {'head':9s} {'layers':32s} {'weights':8s}   fit  held   all")
     for r in rows[:25]:
         wts = "uniform" if r["layer_weights"] == "uniform" else "fitted"
-        print(f"{r['candidate']:36s} {r['head']:8s} {','.join(r['layers']):32s} {wts:8s} "
+        print(f"{r['candidate']:36s} {r['head']:9s} {','.join(r['layers']):32s} {wts:8s} "
               f"{100 * r['fit']:5.2f} {100 * r['heldout']:5.2f} {100 * r['all']:5.2f}")
     if extra:
         print("\nProbes (what else was tried):")

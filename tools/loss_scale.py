@@ -37,7 +37,7 @@ def main() -> None:
                  "jpeg": _jpeg(x, 30)}
     lp = lowps.LPIPS(net="alex", pnet_rand=True, verbose=False)
     terms = {"L1": lambda y, t: (y - t).abs().flatten(1).mean(1), "L2": lambda y, t: (y - t).pow(2).flatten(1).mean(1)}
-    for head in ("meanpool", "local", "style"):
+    for head in ("structure", "local", "meanpool", "style"):
         m = lowps.PerceptualDistance(distance=head)
         terms[f"lowps {head}"] = m
     terms["LPIPS-alex (random trunk)"] = lambda y, t: lp(y, t, normalize=True).flatten()

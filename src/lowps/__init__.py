@@ -29,7 +29,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 #: public name -> the submodule that defines it
 _ATTRS = {

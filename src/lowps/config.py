@@ -28,7 +28,7 @@ __all__ = ["MetricConfig", "create_metric", "DISTANCES", "PRECISIONS", "STYLE_NO
 WeightsSpec = Union[str, "os.PathLike[str]", None]
 
 #: The distance heads (Kumar et al. 2022 sec. 3 and App. I): ``lowps.heads.HEADS`` registers one class per name.
-DISTANCES = ("meanpool", "local", "style", "linear")
+DISTANCES = ("structure", "local", "meanpool", "style", "linear")
 #: Trunk precisions; input normalisation and the heads always run float32 (or the module's dtype).
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Gram normalisation of the style head (the paper leaves it open, sec. 8.1; docs/concepts.md).
@@ -58,9 +58,10 @@ class MetricConfig:
 
     backbone: str = field(default="resnet6", metadata=_cli(
         "lowps backbone (resnet6, resnet10, resnet18_tpu, ...) or timm model name"))
-    distance: str = field(default="local", metadata=_cli(
-        "distance head: local (LPIPS eq. 1; lowps's default since 0.3, chosen on human judgements: docs/models.md), "
-        "meanpool (the paper's best on BAPPS), style (Gram), linear (trained LPIPS-style weights)",
+    distance: str = field(default="structure", metadata=_cli(
+        "distance head: structure (per-channel spatial correlation + meanpool; lowps's default since 0.4, chosen on "
+        "human judgements: docs/models.md), local (LPIPS eq. 1; the default in 0.3), meanpool (the paper's best on "
+        "BAPPS), style (Gram), linear (trained LPIPS-style weights)",
         choices=DISTANCES))
     weights: WeightsSpec = field(default=None, metadata=_cli(
         "backbone weights: registry name, file, URL, 'random' or 'timm' (default: the backbone's default)"))

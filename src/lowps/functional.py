@@ -94,7 +94,7 @@ def distance(img0: ImageLike, img1: ImageLike, backbone: str = UNSET, distance: 
     network outputs too: values up to 10% of the range's width outside ``input_range`` are taken
     as they are (see `lowps.inputs.check_range`). Options are those of
     `lowps.PerceptualDistance` (the fields of `lowps.MetricConfig`, with its defaults: ResNet-6,
-    ``distance="local"``), or one ``config`` (not both).
+    ``distance="structure"``), or one ``config`` (not both).
 
     (``distance=`` names the head, as everywhere in the API; the parameter shadows this function's
     name only inside its own body.)

@@ -55,9 +55,10 @@ class PerceptualDistance(nn.Module):
         backbone: a lowps backbone (``"resnet6"``, ``"resnet10"``, ``"resnet18_tpu"``,
             ``"resnet50_tpu"``, ``"resnet200_tpu"``, ``"vit_base_patch8_64"``, ``"vit_large_patch4_64"``)
             or any timm model name (optionally prefixed ``"timm:"``).
-        distance: ``"local"`` (LPIPS eq. 1; the default since lowps 0.3, chosen by agreement with human
-            judgements, docs/models.md), ``"meanpool"`` (the paper's best on BAPPS, and lowps's
-            default before 0.3), ``"style"`` or ``"linear"``.
+        distance: ``"structure"`` (the default since lowps 0.4: per-channel spatial correlation of the
+            feature maps plus ``meanpool``, chosen by agreement with human judgements, docs/models.md),
+            ``"local"`` (LPIPS eq. 1; the default in 0.3), ``"meanpool"`` (the paper's best on BAPPS,
+            the default before 0.3), ``"style"`` or ``"linear"``.
         weights: backbone weights: ``None`` for the backbone's default (for ``resnet6`` the
             checkpoint shipped inside the package), ``"random"`` for a seeded random init, a
             registry name, a file path or a URL (see `lowps.weights`).
@@ -90,7 +91,7 @@ class PerceptualDistance(nn.Module):
     _scale: torch.Tensor  # buffers: the affine map from input_range to the trunk's normalised input
     _shift: torch.Tensor
 
-    def __init__(self, backbone: str = "resnet6", distance: str = "local", weights: WeightsSpec = None,
+    def __init__(self, backbone: str = "resnet6", distance: str = "structure", weights: WeightsSpec = None,
                  layers: Sequence[str | int] | None = None,
                  input_range: tuple[float, float] | str = (0.0, 1.0),
                  head_weights: WeightsSpec = None, check_inputs: bool = True,
@@ -351,7 +352,8 @@ class PerceptualDistance(nn.Module):
         LPIPS's ``spatial=True``; its spatial mean approximates ``forward``.
         """
         if not self.head.has_map:
-            raise ValueError(f"distance={self.head.name!r} has no spatial map; use distance='local' or 'linear'")
+            raise ValueError(f"distance={self.head.name!r} has no spatial map; use distance='structure', 'local' or "
+                             "'linear'")
         x0, x1 = self._prepare(img0, img1)
         size = (int(x0.shape[-2]), int(x0.shape[-1]))
         maps = _cat([self.head.maps(*self._pair_features(a, b), self.layer_idx, size)

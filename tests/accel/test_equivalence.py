@@ -8,14 +8,18 @@ for gradients, 1e-3 in norm, since a pre-activation within rounding of a ReLU ki
 cast, or BN in bf16), so each is compared with the fp32 reference: the accelerated form must be no
 less accurate than the reference form in bf16 (within 2x, plus one roundoff), and the two within
 5% (values) / 15% (gradients, in norm) of each other, about 13 and 40 roundoffs (measured on an
-Intel Xeon with AMX: 1.7% and 6.7%).
+Intel Xeon with AMX: 1.7% and 6.7%). The structure head's input gradient is itself ~20% off fp32 in
+either bf16 form (it divides by each channel's spatial standard deviation, over 4 positions in the
+last layer at 64 px; measured 0.20 reference, 0.24 accelerated): two such roundings may differ by up
+to the sum of their errors, so the gradient bound between the forms is the larger of 15% and twice
+the reference's own bf16 error.
 """
 import pytest
 import torch
 
 import lowps
 
-HEADS = ["meanpool", "local", "style", "linear"]
+HEADS = ["structure", "meanpool", "local", "style", "linear"]
 
 
 def _pair(layout):
@@ -65,7 +69,8 @@ def test_bf16_accelerated_is_as_accurate_as_the_reference(head, layout):
     for k in (0, 1):
         assert _rel(fast[k], exact[k]) <= 2 * _rel(ref[k], exact[k]) + 2 ** -8
         assert _rel(fast[k], ref[k]) < 0.05
-    assert _norm(fast[2], ref[2]) < 0.15 and _norm(fast[2], exact[2]) <= 2 * _norm(ref[2], exact[2]) + 2 ** -8
+    ref_error = _norm(ref[2], exact[2])
+    assert _norm(fast[2], ref[2]) < max(0.15, 2 * ref_error) and _norm(fast[2], exact[2]) <= 2 * ref_error + 2 ** -8
 
 
 def test_accelerate_option_swaps_modules_and_none_is_the_reference():
