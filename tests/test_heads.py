@@ -292,6 +292,75 @@ def test_fused_local_layer_only_for_frozen_weights_with_feature_gradients():
     assert "_LocalLayerBackward" not in names and "ConvolutionBackward0" in names
 
 
+def _structure_pair(tracked, seed=0):
+    # float64 channels_last maps, one with a near-copy of the other (the small-distance regime a loss
+    # converges to) and one unrelated, plus a constant channel (dead ReLU) where eps matters
+    a, b = _feature_pair(tracked)
+    with torch.no_grad():
+        b[0][1].copy_(a[0][1] + 1e-3 * torch.randn(a[0][1].shape, generator=torch.Generator().manual_seed(seed),
+                                                  dtype=a[0].dtype))
+        a[1][:, 2] = 0.5
+    return a, b
+
+
+@pytest.mark.parametrize("texture_weight", [1.0, 0.0])
+@pytest.mark.parametrize("tracked", ["a", "b", "ab"])
+def test_fused_structure_layer_equals_autograd_through_the_standardised_maps(tracked, texture_weight, monkeypatch):
+    # _StructureLayer (statistics + closed-form backward) against autograd through the plain ops (the
+    # standardised maps), in float64: values, gradients and, under create_graph, second-order gradients
+    # to rounding; gradients keep the features' channels_last layout
+    import lowps.heads as heads
+    head = StructureHead(CH, texture_weight=texture_weight).double()
+    out = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(heads, "plain_ops_only", lambda: True)
+        a, b = _structure_pair(tracked)
+        d = head(a, b, [0, 1])
+        inputs = [t for t in a + b if t.requires_grad]
+        weights = torch.linspace(-1, 2, d.numel(), dtype=d.dtype).view_as(d)
+        g = torch.autograd.grad((d * weights).sum(), inputs, create_graph=True)
+        penalty = sum((x * x).sum() for x in g)
+        gg = torch.autograd.grad(penalty, inputs)
+        out[fused] = (d.detach(), [x.detach() for x in g], gg, autograd_node_names(d))
+    (d1, g1, gg1, names1), (d0, g0, gg0, names0) = out[True], out[False]
+    assert "_StructureLayerBackward" in names1 and "_StructureLayerBackward" not in names0
+    assert (d1 - d0).abs().max() <= 1e-12 * d0.abs().max()
+    assert d1[1, 0] < 1e-3 * d1[0, 0]  # the near-copy is near 0, and still exact to rounding above
+    for x, y in zip(g1 + list(gg1), g0 + list(gg0)):
+        assert (x - y).abs().max() <= 1e-10 * y.abs().max() and y.abs().max() > 0
+        assert x.stride() == y.stride()
+
+
+def test_fused_structure_layer_under_batched_gradients(monkeypatch):
+    import lowps.heads as heads
+    head = StructureHead(CH).double()
+    jac = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(heads, "plain_ops_only", lambda: True)
+        a, b = _structure_pair("a")
+        d = head(a, b, [0, 1])
+        eye = torch.eye(d.numel(), dtype=d.dtype).view(-1, *d.shape)
+        jac[fused] = torch.autograd.grad(d, a, eye, is_grads_batched=True)
+    for x, y in zip(jac[True], jac[False]):
+        assert (x - y).abs().max() <= 1e-10 * y.abs().max() and y.abs().max() > 0
+
+
+def test_fused_structure_layer_in_float32_is_as_close_to_float64_as_the_plain_ops(monkeypatch):
+    # the statistics form must not lose precision against the standardised maps: both within float32
+    # rounding of the float64 distance, on near-copies (small distances) and unrelated maps
+    import lowps.heads as heads
+    a, b = _structure_pair("")
+    want = StructureHead(CH).double()(a, b, [0, 1])
+    a32, b32 = [t.float() for t in a], [t.float() for t in b]
+    fused = StructureHead(CH)(a32, b32, [0, 1]).double()
+    monkeypatch.setattr(heads, "plain_ops_only", lambda: True)
+    plain = StructureHead(CH)(a32, b32, [0, 1]).double()
+    for got in (fused, plain):
+        assert ((got - want).abs() <= 1e-5 * want.abs() + 1e-9).all()
+
+
 def test_style_loss_on_channels_last_maps_equals_the_inference_formula():
     # Under autograd, channels_last maps go through the Gram products as (N, positions, C) views, for
     # channels_last gradients; both branches (a layer with fewer positions than channels, 2x2 with 32
