@@ -9,11 +9,14 @@ Without ``--backward``: one inference call on a batch of pairs (``torch.inferenc
 what a training loss does, forward + backward to the first image (frozen weights). A technique's
 gain is (time without it) / (time with everything): below 1.03 it does not pay on this path here.
 Each variant's largest difference from "auto" is printed too (distances, or input gradients with
-``--backward``): float rounding.
+``--backward``): float rounding. The row "auto, head as plain ops" times the default head's reference
+formula (the standardised maps through autograd, what torch.func and tracing run) instead of its fused
+layer (`lowps.heads._StructureLayer`: statistics and a closed-form backward).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -27,6 +30,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_distance import cpu_name  # noqa: E402
 
 import lowps  # noqa: E402
+import lowps.heads as heads  # noqa: E402
 from lowps.accel import TECHNIQUES, accelerate  # noqa: E402
 
 
@@ -37,6 +41,17 @@ def _metric(skip: set[str] | None) -> lowps.PerceptualDistance:
         accelerate(m.backbone.model, skip=skip)
         m.backbone.to(memory_format=torch.channels_last)
     return m
+
+
+@contextlib.contextmanager
+def _plain_head_ops():
+    """The heads' plain-op formulas for the calls inside (their fused layers off)."""
+    saved = heads.plain_ops_only
+    heads.plain_ops_only = lambda: True
+    try:
+        yield
+    finally:
+        heads.plain_ops_only = saved
 
 
 def main() -> None:
@@ -67,6 +82,12 @@ def main() -> None:
     for t in TECHNIQUES:
         if t != "fuse":  # without fuse nothing else applies: that is the reference
             metrics[f"auto without {t}"] = _metric({t})
+    auto = metrics["auto"]
+
+    def plain_head(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with _plain_head_ops():
+            return auto(u, v)
+    metrics["auto, head as plain ops"] = plain_head
     results = {k: call(f) for k, f in metrics.items()}  # warm-up, and what to compare
     times: dict[str, list[float]] = {k: [] for k in metrics}
     for _ in range(a.rounds):

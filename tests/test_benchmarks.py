@@ -77,8 +77,8 @@ def test_bench_accel_tiny_run_has_every_technique_and_the_same_numbers(backward,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"lpips-alex", "auto", "none (reference)"} | {f"auto without {t}" for t in TECHNIQUES
-                                                                      if t != "fuse"}
+    assert set(rows) == {"lpips-alex", "auto", "none (reference)", "auto, head as plain ops"} | {
+        f"auto without {t}" for t in TECHNIQUES if t != "fuse"}
     # Every variant computes the same distances (float32 rounding, ~1e-6) or input gradients; a
     # gradient may move more where a float32 pre-activation sits within rounding of a ReLU kink, so
     # gradients get a bound only a wrong formula exceeds.

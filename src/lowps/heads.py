@@ -309,12 +309,13 @@ class _StructureLayer(torch.autograd.Function):
     number as `standardize_positions`'s maps give, written so that near-equal maps lose nothing to
     cancellation (``Q`` is read off the difference map). Its input gradient is ``(g / (C HW)) [Aa ca +
     sa sb (ca - cb)]``, ``Aa = sa (sa - sb) + sa^3 (sb P - sa Va)``, ``P = (Va + Vb - Q) / 2`` (and the mirror
-    for ``b``): two passes over the map instead of autograd's ~15 through the standardisation. Forward and
-    backward read ~11 and 2 full maps, against ~12 and ~25 (the head went from 8.3 to X ms of a 64x64/32
-    loss step on an Intel Xeon, AVX-512; docs/performance.md). The means are outputs (the texture term is
-    plain autograd on them), their gradient folded into the same two passes. Under create_graph the
-    backward recomputes the statistics from the inputs with differentiable ops, so second derivatives are
-    exact; under a vmapped backward it uses out-of-place ops.
+    for ``b``): two passes over the map, where autograd through the standardisation makes ~15. The whole
+    loss step is ~4% faster at 64x64 and 256x256 (batch 32, Intel Xeon with AVX-512 + AMX,
+    `benchmarks/bench_accel.py --backward`), and the value is closer to float64 than the standardised
+    maps' (tests/test_heads.py). The means are outputs (the texture term is plain autograd on them),
+    their gradient folded into the same two passes. Under create_graph the backward recomputes the
+    statistics from the inputs with differentiable ops, so second derivatives are exact; under a vmapped
+    backward it uses out-of-place ops. torch.func, forward-mode AD and tracing use the plain ops.
     """
 
     @staticmethod
