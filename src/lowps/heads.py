@@ -324,8 +324,11 @@ class _StructureLayer(torch.autograd.Function):
         ca, cb = a - ma, b - mb
         diff = ca - cb
         d, stats = _structure_term(ca, cb, diff, eps)
+        # a side's input and centred map only where it has a gradient (a loss keeps two maps, not three);
+        # the other side's centred map follows from the difference where create_graph needs it
         need_a, need_b = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(a if need_a else None, b if need_b else None, ca, cb, diff, *stats)
+        ctx.save_for_backward(a if need_a else None, b if need_b else None, ca if need_a else None,
+                              cb if need_b else None, diff, *stats)
         ctx.eps = eps
         return d, ma.flatten(1), mb.flatten(1)
 
@@ -336,11 +339,10 @@ class _StructureLayer(torch.autograd.Function):
         need_a, need_b = ctx.needs_input_grad[:2]
         graph = torch.is_grad_enabled()
         if graph:  # create_graph: statistics again, from the inputs, through differentiable ops
-            ca = a - spatial_mean(a) if need_a else ca
-            cb = b - spatial_mean(b) if need_b else cb
+            ca, cb = (a - spatial_mean(a) if need_a else cb + diff), (b - spatial_mean(b) if need_b else ca - diff)
             diff = ca - cb
             _, (va, vb, q, sa, sb) = _structure_term(ca, cb, diff, ctx.eps)
-        n, c = ca.shape[2] * ca.shape[3], ca.shape[1]
+        n, c = diff.shape[2] * diff.shape[3], diff.shape[1]
         k = g.reshape(-1, 1, 1, 1) / (c * n)
         p, cross = (va + vb - q) / 2, sa * sb * k
 
