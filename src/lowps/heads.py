@@ -373,7 +373,9 @@ class StructureHead(Head):
     Layer distance ``mean_c (1 - rho_c) + texture_weight * meanpool``: ``rho_c`` is the Pearson
     correlation over positions of the two images' maps of channel ``c`` (computed as the squared
     difference of standardised maps, ``||z0 - z1||^2 / (2 HW)``, so the head is a squared Euclidean
-    distance between per-image vectors like every other head). The correlation is SSIM's structure term
+    distance between per-image vectors like every other head; a pair's distance is computed from
+    per-channel statistics instead, the same number in fewer passes with a closed-form gradient). The
+    correlation is SSIM's structure term
     (Wang et al. 2004) applied to deep features, as DISTS does (Ding et al. 2020, eq. 7, which also has
     a texture term on channel means; lowps uses its own ``meanpool``, Kumar et al. 2022, for that part).
     The correlation ignores each channel's mean and scale (two flat images of any colours would be at
