@@ -6,7 +6,9 @@
 
 ``--backward`` times what a training loss does: forward plus backward to the first image (frozen
 weights), outside inference mode; a metric spec ending in ``:ac`` runs under bf16 autocast
-(``lpips-alex:ac``, ``lowps:meanpool:ac``). ``--roofline`` adds, for each lowps row, the achieved
+(``lpips-alex:ac``, ``lowps:meanpool:ac``), one ending in ``:ch`` with the head alone compiled
+(``lowps:structure:ch``: ``metric.head = torch.compile(metric.head)``, inductor; the warm-up call
+compiles, so compile time is not timed). ``--roofline`` adds, for each lowps row, the achieved
 multiply-adds per second (MACs per call counted by ``torch.utils.flop_counter``; with ``--backward``
 1.5x the forward of both images: the first image's input gradient costs its forward again) and their
 fraction of this machine's conv peak: a large 3x3 convolution (batch 32, 256 -> 256 channels, 28x28,
@@ -66,11 +68,16 @@ def make(name: str, device: str):
         import lowps
 
         _, head, *prec = parts
+        compiled_head = bool(prec) and prec[-1] == "ch"
+        if compiled_head:
+            prec = prec[:-1]
         extra = {"head_weights": "ones"} if head == "linear" else {}
         weights = os.environ.get("LOWPS_BENCH_WEIGHTS") or None
         # forced: the benchmark measures the precision it names, also on CPUs where lowps would fall back
         fn = lowps.PerceptualDistance(distance=head, weights=weights, precision=prec[0] if prec else "fp32",
                                       force_precision=True, **extra).to(device)
+        if compiled_head:  # the user recipe of docs/performance.md: the head alone through torch.compile
+            fn.head = torch.compile(fn.head)
     if not autocast:
         return fn
 

@@ -85,3 +85,33 @@ def test_torch_export_and_compile_on_the_module_itself(head):
     torch.testing.assert_close(compiled(x, y), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     with pytest.raises(lowps.InputError, match="NaN"):  # eager calls still check
         m(torch.full_like(x, float("nan")), y)
+
+
+def _cxx_compiler() -> str | None:
+    import shutil
+    return next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cxx_compiler() is None, reason="torch.compile's inductor backend needs a C++ compiler (none on PATH)")
+def test_compiled_head_recipe_gives_the_eager_distances_and_gradients():
+    """docs/performance.md's recipe for CPU speed with the structure head, ``metric.head =
+    torch.compile(metric.head)``: inductor fuses the head's plain ops; the distances, a loss's input
+    gradient and the other entry points (embed, spatial) stay those of the eager metric, to float32
+    rounding (the two compute the structure term by different formulas: 1e-5 relative)."""
+    eager = lowps.PerceptualDistance().eval()
+    compiled = lowps.PerceptualDistance().eval()
+    compiled.head = torch.compile(compiled.head)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
+    with torch.inference_mode():
+        want = eager(x, y)
+        torch.testing.assert_close(compiled(x, y), want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+        torch.testing.assert_close(compiled.embed(x), eager.embed(x))
+        torch.testing.assert_close(compiled.spatial(x, y), eager.spatial(x, y))
+    grads = []
+    for m in (eager, compiled):
+        xx = x.clone().requires_grad_()
+        m(xx, y).sum().backward()
+        grads.append(xx.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5 * float(grads[0].abs().max()))
