@@ -1,5 +1,6 @@
 """Export: torch.export (fixed and dynamic batch), TorchScript trace, ONNX through onnxruntime, the CLI."""
 import pickle
+import shutil
 import warnings
 
 import numpy as np
@@ -88,7 +89,6 @@ def test_torch_export_and_compile_on_the_module_itself(head):
 
 
 def _cxx_compiler() -> str | None:
-    import shutil
     return next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
 
 

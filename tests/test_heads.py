@@ -237,26 +237,45 @@ def _feature_pair(tracked):
     return [t.requires_grad_("a" in tracked) for t in a], [t.requires_grad_("b" in tracked) for t in b]
 
 
+def _fused_then_plain(monkeypatch, plain_switch, run):
+    """``run()`` through the heads' fused layers, then again with ``plain_switch`` (a name in lowps.heads
+    and its replacement) patched in, so that the heads take their plain ops: (fused, plain)."""
+    import lowps.heads as heads
+    fused = run()
+    monkeypatch.setattr(heads, *plain_switch)
+    return fused, run()
+
+
+_LOCAL_PLAIN = ("_fused_local_applies", lambda *args: False)
+_STRUCTURE_PLAIN = ("plain_ops_only", lambda: True)
+
+
+def _derivatives(head, a, b):
+    """Distances, gradients (create_graph), a gradient penalty's gradients (backward through the
+    gradient) and the graph's autograd nodes, for the inputs that require grad."""
+    d = head(a, b, [0, 1])
+    inputs = [t for t in a + b if t.requires_grad]
+    weights = torch.linspace(-1, 2, d.numel(), dtype=d.dtype).view_as(d)
+    g = torch.autograd.grad((d * weights).sum(), inputs, create_graph=True)
+    gg = torch.autograd.grad(sum((x * x).sum() for x in g), inputs)
+    return d.detach(), [x.detach() for x in g], gg, autograd_node_names(d)
+
+
+def _batched_jacobian(head, a, b):
+    """The Jacobian of the distances in ``a`` by a vmapped backward (``is_grads_batched``)."""
+    d = head(a, b, [0, 1])
+    eye = torch.eye(d.numel(), dtype=d.dtype).view(-1, *d.shape)
+    return torch.autograd.grad(d, a, eye, is_grads_batched=True)
+
+
 @pytest.mark.parametrize("name", ["local", "linear"])
 @pytest.mark.parametrize("tracked", ["a", "b", "ab"])
 def test_fused_local_layer_equals_autograd_through_the_plain_ops(name, tracked, monkeypatch):
     # _LocalLayer (closed-form backward) against autograd through the plain ops, in float64: the same
     # values bit for bit, gradients (first order and, under create_graph, second order) to rounding.
-    import lowps.heads as heads
     head = _local_heads()[name]
-    out = {}
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(heads, "_fused_local_applies", lambda *args: False)
-        a, b = _feature_pair(tracked)
-        d = head(a, b, [0, 1])
-        inputs = [t for t in a + b if t.requires_grad]
-        weights = torch.linspace(-1, 2, d.numel(), dtype=d.dtype).view_as(d)
-        g = torch.autograd.grad((d * weights).sum(), inputs, create_graph=True)
-        penalty = sum((x * x).sum() for x in g)  # a gradient penalty: backward through the gradient
-        gg = torch.autograd.grad(penalty, inputs)
-        out[fused] = (d.detach(), [x.detach() for x in g], gg, autograd_node_names(d))
-    (d1, g1, gg1, names1), (d0, g0, gg0, names0) = out[True], out[False]
+    (d1, g1, gg1, names1), (d0, g0, gg0, names0) = _fused_then_plain(
+        monkeypatch, _LOCAL_PLAIN, lambda: _derivatives(head, *_feature_pair(tracked)))
     assert "_LocalLayerBackward" in names1 and "_LocalLayerBackward" not in names0
     assert torch.equal(d1, d0)
     for x, y in zip(g1 + list(gg1), g0 + list(gg0)):
@@ -267,17 +286,9 @@ def test_fused_local_layer_equals_autograd_through_the_plain_ops(name, tracked, 
 @pytest.mark.parametrize("name", ["local", "linear"])
 def test_fused_local_layer_under_batched_gradients(name, monkeypatch):
     # is_grads_batched (a vmapped backward, as vectorised Jacobians use) through _LocalLayer's backward
-    import lowps.heads as heads
     head = _local_heads()[name]
-    jac = {}
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(heads, "_fused_local_applies", lambda *args: False)
-        a, b = _feature_pair("a")
-        d = head(a, b, [0, 1])
-        eye = torch.eye(d.numel(), dtype=d.dtype).view(-1, *d.shape)
-        jac[fused] = torch.autograd.grad(d, a, eye, is_grads_batched=True)
-    for x, y in zip(jac[True], jac[False]):
+    fused, plain = _fused_then_plain(monkeypatch, _LOCAL_PLAIN, lambda: _batched_jacobian(head, *_feature_pair("a")))
+    for x, y in zip(fused, plain):
         assert (x - y).abs().max() <= 1e-12 * y.abs().max() and y.abs().max() > 0
 
 
@@ -309,21 +320,9 @@ def test_fused_structure_layer_equals_autograd_through_the_standardised_maps(tra
     # _StructureLayer (statistics + closed-form backward) against autograd through the plain ops (the
     # standardised maps), in float64: values, gradients and, under create_graph, second-order gradients
     # to rounding; gradients keep the features' channels_last layout
-    import lowps.heads as heads
     head = StructureHead(CH, texture_weight=texture_weight).double()
-    out = {}
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(heads, "plain_ops_only", lambda: True)
-        a, b = _structure_pair(tracked)
-        d = head(a, b, [0, 1])
-        inputs = [t for t in a + b if t.requires_grad]
-        weights = torch.linspace(-1, 2, d.numel(), dtype=d.dtype).view_as(d)
-        g = torch.autograd.grad((d * weights).sum(), inputs, create_graph=True)
-        penalty = sum((x * x).sum() for x in g)
-        gg = torch.autograd.grad(penalty, inputs)
-        out[fused] = (d.detach(), [x.detach() for x in g], gg, autograd_node_names(d))
-    (d1, g1, gg1, names1), (d0, g0, gg0, names0) = out[True], out[False]
+    (d1, g1, gg1, names1), (d0, g0, gg0, names0) = _fused_then_plain(
+        monkeypatch, _STRUCTURE_PLAIN, lambda: _derivatives(head, *_structure_pair(tracked)))
     assert "_StructureLayerBackward" in names1 and "_StructureLayerBackward" not in names0
     assert (d1 - d0).abs().max() <= 1e-12 * d0.abs().max()
     assert d1[1, 0] < 1e-3 * d1[0, 0]  # the near-copy is near 0, and still exact to rounding above
@@ -333,31 +332,20 @@ def test_fused_structure_layer_equals_autograd_through_the_standardised_maps(tra
 
 
 def test_fused_structure_layer_under_batched_gradients(monkeypatch):
-    import lowps.heads as heads
     head = StructureHead(CH).double()
-    jac = {}
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(heads, "plain_ops_only", lambda: True)
-        a, b = _structure_pair("a")
-        d = head(a, b, [0, 1])
-        eye = torch.eye(d.numel(), dtype=d.dtype).view(-1, *d.shape)
-        jac[fused] = torch.autograd.grad(d, a, eye, is_grads_batched=True)
-    for x, y in zip(jac[True], jac[False]):
+    fused, plain = _fused_then_plain(monkeypatch, _STRUCTURE_PLAIN,
+                                     lambda: _batched_jacobian(head, *_structure_pair("a")))
+    for x, y in zip(fused, plain):
         assert (x - y).abs().max() <= 1e-10 * y.abs().max() and y.abs().max() > 0
 
 
 def test_fused_structure_layer_in_float32_is_as_close_to_float64_as_the_plain_ops(monkeypatch):
     # the statistics form must not lose precision against the standardised maps: both within float32
     # rounding of the float64 distance, on near-copies (small distances) and unrelated maps
-    import lowps.heads as heads
     a, b = _structure_pair("")
     want = StructureHead(CH).double()(a, b, [0, 1])
     a32, b32 = [t.float() for t in a], [t.float() for t in b]
-    fused = StructureHead(CH)(a32, b32, [0, 1]).double()
-    monkeypatch.setattr(heads, "plain_ops_only", lambda: True)
-    plain = StructureHead(CH)(a32, b32, [0, 1]).double()
-    for got in (fused, plain):
+    for got in _fused_then_plain(monkeypatch, _STRUCTURE_PLAIN, lambda: StructureHead(CH)(a32, b32, [0, 1]).double()):
         assert ((got - want).abs() <= 1e-5 * want.abs() + 1e-9).all()
 
 

@@ -403,7 +403,11 @@ class StructureHead(Head):
         positions is ``mean_c (1 - rho_c)``, and the texture vector (``meanpool``'s, x sqrt(weight))."""
         c, n = f.shape[1], f.shape[2] * f.shape[3]
         z, mean = standardize_positions(f, self.eps, 1 / math.sqrt(2 * c * n))
-        return z, unit_normalize(mean).flatten(1) * math.sqrt(self.texture_weight / c)
+        return z, self._texture(mean.flatten(1))
+
+    def _texture(self, mean: torch.Tensor) -> torch.Tensor:
+        """The texture vector of the (N, C) channel means: ``meanpool``'s, x sqrt(texture_weight)."""
+        return unit_normalize(mean) * math.sqrt(self.texture_weight / mean.shape[1])
 
     def layer_map(self, i: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # per position: the structure term's share (its mean over positions is the term), plus the
@@ -417,8 +421,7 @@ class StructureHead(Head):
             (za, ta), (zb, tb) = self._parts(a), self._parts(b)
             return torch.linalg.vector_norm(za - zb, dim=(1, 2, 3)).square() + (ta - tb).square().sum(1)
         d, ma, mb = _StructureLayer.apply(a, b, self.eps)
-        w = math.sqrt(self.texture_weight / a.shape[1])
-        return d + ((unit_normalize(ma) - unit_normalize(mb)) * w).square().sum(1)
+        return d + (self._texture(ma) - self._texture(mb)).square().sum(1)
 
     def embed_layer(self, i: int, f: torch.Tensor) -> torch.Tensor:
         z, t = self._parts(f)
