@@ -128,7 +128,16 @@ MATMULS = ("auto", "numpy", "torch")
 def _blas_threads() -> Any:
     """Limit NumPy's BLAS to PyTorch's thread count for the block (a process that set
     ``torch.set_num_threads(1)``, e.g. a data-loader worker, must not get one BLAS thread per core)."""
-    from threadpoolctl import threadpool_limits
+    # Importing threadpoolctl sets KMP_DUPLICATE_LIB_OK=True in os.environ (its policy for programs that
+    # load two OpenMP runtimes); a library call must leave the caller's environment as it found it.
+    key, before = "KMP_DUPLICATE_LIB_OK", os.environ.get("KMP_DUPLICATE_LIB_OK")
+    try:
+        from threadpoolctl import threadpool_limits
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
     return threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
 
 

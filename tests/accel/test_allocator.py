@@ -115,15 +115,18 @@ def test_glibc_is_detected_from_confstr(monkeypatch):
 def test_library_calls_leave_process_global_state_alone(tmp_path):
     """Issue #36: in a fresh process, after lowps.distance (inference and a loss), lowps.LPIPS,
     pairwise/nearest, scoring and a plot, a 24 MiB malloc is still served by mmap (glibc's thresholds
-    untouched), the global torch RNG is where it was, and the matplotlib backend is the caller's.
+    untouched), the global torch RNG is where it was, the matplotlib backend is the caller's, and the
+    environment variables and torch's thread count are unchanged (the snapshot is taken after importing
+    lowps's dependencies: importing torchvision sets TORCHINDUCTOR_CACHE_DIR, for any program that uses it).
     Then lowps.accel.tune_allocator() does change the thresholds (the check can fail)."""
     pytest.importorskip("matplotlib")
     from judgement_fixtures import make_2afc_csv
 
     csv = make_2afc_csv(tmp_path / "set", n=4, size=32)
     out = _fresh(f"""
-        import ctypes, json, torch, matplotlib
+        import ctypes, json, os, torch, matplotlib
         matplotlib.use("svg")
+        import numpy, timm, torchvision, tqdm  # their import-time effects are theirs, not a call's
         import lowps
         from lowps.agreement import build_scorer, plot_comparison, score_judgements
         from lowps.data.judgements import read_2afc_csv
@@ -140,7 +143,7 @@ def test_library_calls_leave_process_global_state_alone(tmp_path):
 
         g = torch.Generator().manual_seed(0)
         x, y = torch.rand(4, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
-        rng = torch.get_rng_state()
+        rng, env, threads = torch.get_rng_state(), dict(os.environ), torch.get_num_threads()
         lowps.distance(x, y)
         with torch.inference_mode():
             lowps.distance(x, y)
@@ -156,7 +159,9 @@ def test_library_calls_leave_process_global_state_alone(tmp_path):
                                   progress=False)
         plot_comparison([report], {str(tmp_path / "p.png")!r})
         state = {{"mmapped": mmapped(), "backend": matplotlib.get_backend(),
-                 "rng": rng_after_distance and torch.equal(rng_after_lpips_init, torch.get_rng_state())}}
+                 "rng": rng_after_distance and torch.equal(rng_after_lpips_init, torch.get_rng_state()),
+                 "env_changed": sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)),
+                 "threads": torch.get_num_threads() == threads}}
         state["tuned"] = lowps.accel.tune_allocator()
         state["mmapped_after_tuning"] = mmapped()
         print(json.dumps(state))
@@ -164,4 +169,5 @@ def test_library_calls_leave_process_global_state_alone(tmp_path):
     assert out["mmapped"] is True, out
     assert out["rng"] is True, out
     assert out["backend"] == "svg", out
+    assert out["env_changed"] == [] and out["threads"] is True, out
     assert out["tuned"] is True and out["mmapped_after_tuning"] is False, out
