@@ -123,30 +123,25 @@ def _ref_path(uri: str, arch: str) -> Path:
     return cache_dir() / "gcs" / "refs" / (hashlib.sha256(f"{uri}|{arch}".encode()).hexdigest()[:24] + ".json")
 
 
-def fetch_checkpoint(spec: str, arch: str, progress: bool = True) -> Path:
-    """The local safetensors file for checkpoint ``spec`` (``gs://...`` or ``kumar2022:<arch>@<step>``)
-    converted for backbone ``arch``.
-
-    First call: list, download (MD5-checked), convert, cache, and pin. Later calls: the pinned copy,
-    no network."""
+def _pinned_file(ref: Path) -> Path | None:
+    """The converted file a pin record names, if it is still there with its recorded sha256."""
     from . import sha256_file
 
-    ref = _ref_path(spec, arch)
-    if ref.is_file():
-        try:
-            pinned = json.loads(ref.read_text())
-            p = Path(pinned["file"])
-            if p.is_file() and sha256_file(p) == pinned["sha256"]:
-                return p
-        except (ValueError, KeyError, OSError):
-            pass  # a damaged record: resolve again
-    uri = spec
-    if spec.startswith("kumar2022:"):
-        entry = resolve_short_name(spec)
-        if entry.arch != arch:
-            raise WeightsError(f"{spec} is a {entry.arch} checkpoint; pass backbone={entry.arch!r} with it")
-        uri = entry.uri
-    bucket, name = parse_gs_uri(uri)
+    if not ref.is_file():
+        return None
+    try:
+        pinned = json.loads(ref.read_text())
+        p = Path(pinned["file"])
+        if p.is_file() and sha256_file(p) == pinned["sha256"]:
+            return p
+    except (ValueError, KeyError, OSError):
+        pass  # a damaged record: resolve again
+    return None
+
+
+def _checkpoint_objects(uri: str, bucket: str, name: str) -> tuple[str, list[GCSObject]]:
+    """The checkpoint's prefix and its objects in the bucket: a ``.npz`` file, or a TensorFlow
+    checkpoint's ``.index`` and ``.data-*`` shards (``name`` may be the prefix or any of its files)."""
     if name.endswith((".index", ".npz")) or ".data-" in name:
         stem = name[: name.rindex(".data-")] if ".data-" in name else name.removesuffix(".index")
     else:
@@ -161,6 +156,27 @@ def fetch_checkpoint(spec: str, arch: str, progress: bool = True) -> Path:
                        if o.name.endswith((".index", ".npz"))})[:20] if "/" in stem else []
         raise WeightsError(f"{uri}: no checkpoint there (a TensorFlow checkpoint needs {stem}.index and its "
                            f".data-* shards)" + (f"; checkpoints in that folder: {', '.join(near)}" if near else ""))
+    return stem, wanted
+
+
+def fetch_checkpoint(spec: str, arch: str, progress: bool = True) -> Path:
+    """The local safetensors file for checkpoint ``spec`` (``gs://...`` or ``kumar2022:<arch>@<step>``)
+    converted for backbone ``arch``.
+
+    First call: list, download (MD5-checked), convert, cache, and pin. Later calls: the pinned copy,
+    no network."""
+    ref = _ref_path(spec, arch)
+    pinned = _pinned_file(ref)
+    if pinned is not None:
+        return pinned
+    uri = spec
+    if spec.startswith("kumar2022:"):
+        entry = resolve_short_name(spec)
+        if entry.arch != arch:
+            raise WeightsError(f"{spec} is a {entry.arch} checkpoint; pass backbone={entry.arch!r} with it")
+        uri = entry.uri
+    bucket, name = parse_gs_uri(uri)
+    stem, wanted = _checkpoint_objects(uri, bucket, name)
     key = hashlib.sha256("|".join(f"{o.name}:{o.generation}:{o.md5_base64}" for o in sorted(
         wanted, key=lambda o: o.name)).encode()).hexdigest()[:24]
     folder = cache_dir() / "gcs" / bucket / key

@@ -114,48 +114,55 @@ def download_file(url: str | list[str], dest: str | os.PathLike[str], sha256: st
         # Another process may have finished the file while we waited for the lock.
         if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
             return dest
-        errors: list[str] = []
-        ok = False
-        for u in urls:
-            for attempt in range(retries + 1):
-                try:
-                    _fetch(u, part, size, progress, timeout, desc or dest.name, deadline)
-                    ok = True
-                    break
-                except _Fatal as e:
-                    errors.append(str(e))
-                    break
-                except (requests.ConnectionError, requests.Timeout,
-                        requests.exceptions.ChunkedEncodingError) as e:
-                    errors.append(f"{u}: {type(e).__name__}: {e}")
-                    if attempt < retries:
-                        time.sleep(backoff * (2 ** attempt))
-                except requests.RequestException as e:  # redirect loops, file:// or ftp:// redirects, bad URLs
-                    errors.append(f"{u}: {type(e).__name__}: {e} (only http(s) downloads are supported)")
-                    break
-            if ok:
-                break
-        if not ok:
-            raise DownloadError(f"could not download {dest.name}: " + "; ".join(errors[-3:])
-                                + (f". Partial data kept in {part} for the next attempt." if part.is_file() else ""))
-        got_size = part.stat().st_size
-        if size is not None and got_size != size:
-            part.unlink(missing_ok=True)
-            raise ChecksumError(f"{dest.name}: got {got_size} bytes, expected {size}; nothing was cached")
-        if md5_base64 is not None:
-            got_md5 = _md5_base64(part)
-            if got_md5 != md5_base64:
-                part.unlink(missing_ok=True)
-                raise ChecksumError(f"{dest.name}: MD5 {got_md5} does not match the server's {md5_base64}; "
-                                    "nothing was cached (the transfer was corrupted)")
-        if sha256 is not None:
-            got = sha256_file(part)
-            if got != sha256:
-                part.unlink(missing_ok=True)
-                raise ChecksumError(f"{dest.name}: sha256 {got} does not match the expected {sha256}; "
-                                    "nothing was cached (the server sent other bytes)")
+        _fetch_any(urls, part, dest.name, size, progress, timeout, desc or dest.name, deadline, retries, backoff)
+        _verify(part, dest.name, size, md5_base64, sha256)
         os.replace(part, dest)
     return dest
+
+
+def _fetch_any(urls: list[str], part: Path, name: str, size: int | None, progress: bool, timeout: float,
+               desc: str, deadline: float, retries: int, backoff: float) -> None:
+    """`_fetch` from the first mirror that works, retrying transient failures with exponential backoff;
+    `DownloadError` naming the last failures when none does (the partial file stays for a resume)."""
+    errors: list[str] = []
+    for u in urls:
+        for attempt in range(retries + 1):
+            try:
+                _fetch(u, part, size, progress, timeout, desc, deadline)
+                return
+            except _Fatal as e:
+                errors.append(str(e))
+                break
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                errors.append(f"{u}: {type(e).__name__}: {e}")
+                if attempt < retries:
+                    time.sleep(backoff * (2 ** attempt))
+            except requests.RequestException as e:  # redirect loops, file:// or ftp:// redirects, bad URLs
+                errors.append(f"{u}: {type(e).__name__}: {e} (only http(s) downloads are supported)")
+                break
+    raise DownloadError(f"could not download {name}: " + "; ".join(errors[-3:])
+                        + (f". Partial data kept in {part} for the next attempt." if part.is_file() else ""))
+
+
+def _verify(part: Path, name: str, size: int | None, md5_base64: str | None, sha256: str | None) -> None:
+    """The downloaded ``part`` has the expected size and checksums, or is deleted and `ChecksumError`
+    says which check failed (nothing enters the cache)."""
+    got_size = part.stat().st_size
+    if size is not None and got_size != size:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(f"{name}: got {got_size} bytes, expected {size}; nothing was cached")
+    if md5_base64 is not None:
+        got_md5 = _md5_base64(part)
+        if got_md5 != md5_base64:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f"{name}: MD5 {got_md5} does not match the server's {md5_base64}; "
+                                "nothing was cached (the transfer was corrupted)")
+    if sha256 is not None:
+        got = sha256_file(part)
+        if got != sha256:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f"{name}: sha256 {got} does not match the expected {sha256}; "
+                                "nothing was cached (the server sent other bytes)")
 
 
 class _Fatal(Exception):
