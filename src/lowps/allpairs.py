@@ -180,6 +180,32 @@ def _products_numpy(ea: torch.Tensor, eb: torch.Tensor | None, out: Any, na: Any
                 out[i:i + tile, j:j + tile] += prod
 
 
+def _numpy_multiplies(matmul: str, ea: torch.Tensor, eb: torch.Tensor) -> bool:
+    """`pairwise_embeddings`'s ``matmul`` choice: NumPy for CPU tensors outside autograd ("auto")."""
+    if matmul not in MATMULS:
+        raise InputError(f"matmul={matmul!r} is not one of {MATMULS}")
+    tracked = torch.is_grad_enabled() and (ea.requires_grad or eb.requires_grad)
+    use_numpy = matmul == "numpy" or (matmul == "auto" and ea.device.type == "cpu" and not tracked)
+    if use_numpy and (ea.device.type != "cpu" or tracked):
+        raise InputError("matmul='numpy' needs CPU tensors without autograd (got "
+                         f"{ea.device}{', tracked' if tracked else ''}); use matmul='torch' or 'auto'")
+    return use_numpy
+
+
+def _products_torch(ea: torch.Tensor, eb: torch.Tensor | None, out: torch.Tensor, na: torch.Tensor,
+                    nb: torch.Tensor, tiles: list[tuple[int, int]], tile: int, cols: int,
+                    chunks: Iterable[int]) -> None:
+    """`_products_numpy`'s loop in PyTorch (``addmm``: any device, differentiable)."""
+    for k in chunks:
+        ak = ea[:, k:k + cols].double()
+        bk = ak if eb is None else eb[:, k:k + cols].double()
+        na += ak.square().sum(1)
+        if eb is not None:
+            nb += bk.square().sum(1)
+        for i, j in tiles:
+            out[i:i + tile, j:j + tile].addmm_(ak[i:i + tile], bk[j:j + tile].T, alpha=-2)
+
+
 def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block: int = BLOCK_ELEMENTS,
                         progress: bool = False, matmul: str = "auto") -> torch.Tensor:
     """Squared Euclidean distances between the rows of ``ea`` (N, D) and ``eb`` (M, D): (N, M).
@@ -196,18 +222,12 @@ def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block:
     NumPy for CPU tensors outside autograd, PyTorch otherwise. Both accumulate in float64; the results
     agree to float64 rounding.
     """
-    if matmul not in MATMULS:
-        raise InputError(f"matmul={matmul!r} is not one of {MATMULS}")
     same = eb is None
     eb = ea if eb is None else eb
     if ea.shape[1] != eb.shape[1]:
         raise InputError(f"embeddings of length {ea.shape[1]} and {eb.shape[1]} do not match (another head, "
                          "layer set or image size)")
-    tracked = torch.is_grad_enabled() and (ea.requires_grad or eb.requires_grad)
-    use_numpy = matmul == "numpy" or (matmul == "auto" and ea.device.type == "cpu" and not tracked)
-    if use_numpy and (ea.device.type != "cpu" or tracked):
-        raise InputError("matmul='numpy' needs CPU tensors without autograd (got "
-                         f"{ea.device}{', tracked' if tracked else ''}); use matmul='torch' or 'auto'")
+    use_numpy = _numpy_multiplies(matmul, ea, eb)
     (n, d), m = ea.shape, eb.shape[0]
     out = torch.zeros(n, m, dtype=torch.float64, device=ea.device)
     na = torch.zeros(n, dtype=torch.float64, device=ea.device)
@@ -225,14 +245,7 @@ def pairwise_embeddings(ea: torch.Tensor, eb: torch.Tensor | None = None, block:
     if use_numpy:
         _products_numpy(ea, None if same else eb, out.numpy(), na.numpy(), nb.numpy(), tiles, tile, cols, chunks)
     else:
-        for k in chunks:
-            ak = ea[:, k:k + cols].double()
-            bk = ak if same else eb[:, k:k + cols].double()
-            na += ak.square().sum(1)
-            if not same:
-                nb += bk.square().sum(1)
-            for i, j in tiles:
-                out[i:i + tile, j:j + tile].addmm_(ak[i:i + tile], bk[j:j + tile].T, alpha=-2)
+        _products_torch(ea, None if same else eb, out, na, nb, tiles, tile, cols, chunks)
     if same:
         for i, j in tiles:
             if j > i:
