@@ -205,15 +205,45 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}")
 
 
+def _init_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """timm.create_model's ``init`` argument: lowps's TPU ResNets take one; timm models use their own."""
+    if cfg.init == "tpu":
+        return {}
+    if cfg.arch not in _TPU_ARCHS:
+        raise ValueError(f"init={cfg.init!r} applies to lowps's TPU ResNets ({', '.join(_TPU_ARCHS)}), "
+                         f"not {cfg.arch!r}; leave it at 'tpu' for timm models (they use their own init)")
+    return {"init": cfg.init}
+
+
+def _splits(cfg: TrainConfig) -> tuple[ClassificationData, ClassificationData]:
+    """The training and validation splits of ``cfg.data``, decoded, with one class list."""
+    train = load_split(cfg.data, "train", cfg.image_size, cfg.limit_per_class)
+    val = load_split(cfg.data, "val", cfg.image_size)
+    if len(val.classes) != len(train.classes) or val.classes != train.classes:
+        raise ValueError(f"train and val of {cfg.data} have different class lists")
+    return train, val
+
+
+def _resume(out: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> int:
+    """Load ``out/resume.pt`` into the model and optimizer; the step to continue from (0 without one)."""
+    path = out / "resume.pt"
+    if not path.is_file():
+        print(f"lowps train: nothing to resume in {out} (no resume.pt); starting from step 0", file=sys.stderr)
+        return 0
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        return int(state["step"])
+    except Exception as e:  # unpickling errors, EOF, missing keys, another architecture
+        raise ValueError(f"cannot resume from {path}: it is empty, corrupt or from another run "
+                         f"({type(e).__name__}: {str(e)[:200]}). Delete it to start again, or drop --resume") from e
+
+
 def _train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     require_group_if_launched("train_backbone")
     _check_config(cfg)
-    init_kwargs: dict[str, Any] = {}
-    if cfg.init != "tpu":  # checked before any data is read
-        if cfg.arch not in _TPU_ARCHS:
-            raise ValueError(f"init={cfg.init!r} applies to lowps's TPU ResNets ({', '.join(_TPU_ARCHS)}), "
-                             f"not {cfg.arch!r}; leave it at 'tpu' for timm models (they use their own init)")
-        init_kwargs["init"] = cfg.init
+    init_kwargs = _init_kwargs(cfg)  # checked before any data is read
     rank, world = rank_world()
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -223,10 +253,7 @@ def _train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    train = load_split(cfg.data, "train", cfg.image_size, cfg.limit_per_class)
-    val = load_split(cfg.data, "val", cfg.image_size)
-    if len(val.classes) != len(train.classes) or val.classes != train.classes:
-        raise ValueError(f"train and val of {cfg.data} have different class lists")
+    train, val = _splits(cfg)
     num_classes = len(train.classes)
 
     torch.manual_seed(cfg.seed)
@@ -241,18 +268,7 @@ def _train_backbone(cfg: TrainConfig, resume: bool = False) -> Path:
                          f"{cfg.data}; use a smaller batch")
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    start = 0
-    if resume and not (out / "resume.pt").is_file():
-        print(f"lowps train: nothing to resume in {out} (no resume.pt); starting from step 0", file=sys.stderr)
-    if resume and (out / "resume.pt").is_file():
-        try:
-            state = torch.load(out / "resume.pt", map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            start = int(state["step"])
-        except Exception as e:  # unpickling errors, EOF, missing keys, another architecture
-            raise ValueError(f"cannot resume from {out / 'resume.pt'}: it is empty, corrupt or from another run "
-                             f"({type(e).__name__}: {str(e)[:200]}). Delete it to start again, or drop --resume") from e
+    start = _resume(out, model, opt, device) if resume else 0
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     config = asdict(cfg) | {"base_lr": base_lr, "total_steps": total, "steps_per_epoch": steps_per_epoch,
                             "num_classes": num_classes, "world_size": world, "train_images": len(train),
