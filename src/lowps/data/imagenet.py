@@ -76,6 +76,48 @@ def _stack(arrays: list[np.ndarray], where: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def _zip_members(z: Path, split: str, index: dict[str, int], wnids_file: Path) -> list[tuple[Path, str, int]]:
+    """``(archive, member, label)`` of every image in a Tiny ImageNet zip laid out as ``split/<wnid>/<file>``."""
+    try:
+        with zipfile.ZipFile(z) as zf:
+            names = [n for n in zf.namelist() if n.lower().endswith(_IMG_EXT)]
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{z} is not a readable zip archive: {e}") from e
+    items = []
+    for n in names:
+        parts = n.split("/")
+        if len(parts) != 3 or parts[0] != split:
+            raise DataError(f"{z}: member {n!r} is not laid out as {split}/<wnid>/<file>")
+        if parts[1] not in index:
+            raise DataError(f"{z}: member {n!r} has class {parts[1]!r}, which is not in {wnids_file}")
+        items.append((z, n, index[parts[1]]))
+    return items
+
+
+def _first_per_class(items: list[tuple[Path, str, int]], limit: int) -> list[tuple[Path, str, int]]:
+    """The first ``limit`` items of each label, in member-name order (the same subset on every machine)."""
+    seen: dict[int, int] = {}
+    kept = []
+    for it in sorted(items, key=lambda t: t[1]):
+        if seen.get(it[2], 0) < limit:
+            seen[it[2]] = seen.get(it[2], 0) + 1
+            kept.append(it)
+    return kept
+
+
+def _decode_members(z: Path, names: list[str]) -> list[np.ndarray]:
+    """The images ``names`` of archive ``z``, decoded in order."""
+    out = []
+    with zipfile.ZipFile(z) as zf:
+        for n in names:
+            try:
+                data = zf.read(n)
+            except (zipfile.BadZipFile, OSError, KeyError) as e:
+                raise DataError(f"{z}: cannot read member {n}: {e}") from e
+            out.append(_decode(data, f"{z}:{n}"))
+    return out
+
+
 def _tiny_imagenet(root: Path, split: str, limit_per_class: int | None) -> ClassificationData:
     wnids_file = root / "wnids.txt"
     if not wnids_file.is_file():
@@ -85,49 +127,17 @@ def _tiny_imagenet(root: Path, split: str, limit_per_class: int | None) -> Class
     zips = sorted(root.glob("train-*.zip")) if split == "train" else [root / "val.zip"]
     if not zips or not all(z.is_file() for z in zips):
         raise DataError(f"no {'train-*.zip' if split == 'train' else 'val.zip'} in {root}")
-    items: list[tuple[Path, str, int]] = []
-    for z in zips:
-        try:
-            with zipfile.ZipFile(z) as zf:
-                names = [n for n in zf.namelist() if n.lower().endswith(_IMG_EXT)]
-        except zipfile.BadZipFile as e:
-            raise DataError(f"{z} is not a readable zip archive: {e}") from e
-        for n in names:
-            parts = n.split("/")
-            if len(parts) != 3 or parts[0] != split:
-                raise DataError(f"{z}: member {n!r} is not laid out as {split}/<wnid>/<file>")
-            if parts[1] not in index:
-                raise DataError(f"{z}: member {n!r} has class {parts[1]!r}, which is not in {wnids_file}")
-            items.append((z, n, index[parts[1]]))
+    items = [it for z in zips for it in _zip_members(z, split, index, wnids_file)]
     if limit_per_class is not None:
-        seen: dict[int, int] = {}
-        kept = []
-        for it in sorted(items, key=lambda t: t[1]):
-            if seen.get(it[2], 0) < limit_per_class:
-                seen[it[2]] = seen.get(it[2], 0) + 1
-                kept.append(it)
-        items = kept
+        items = _first_per_class(items, limit_per_class)
     found = {lab for _, _, lab in items}
     if split == "train" and len(found) != len(wnids):
         missing = [wnids[i] for i in range(len(wnids)) if i not in found][:5]
         raise DataError(f"{root}: wnids.txt lists {len(wnids)} classes but the train archives hold {len(found)} "
                         f"(missing e.g. {missing})")
 
-    def read_zip(z: Path) -> list[np.ndarray]:
-        out = []
-        with zipfile.ZipFile(z) as zf:
-            for zz, n, _ in items:
-                if zz != z:
-                    continue
-                try:
-                    data = zf.read(n)
-                except (zipfile.BadZipFile, OSError, KeyError) as e:
-                    raise DataError(f"{z}: cannot read member {n}: {e}") from e
-                out.append(_decode(data, f"{z}:{n}"))
-        return out
-
     with ThreadPoolExecutor(max_workers=min(4, len(zips))) as ex:  # PIL decoding releases the GIL
-        decoded = list(ex.map(read_zip, zips))
+        decoded = list(ex.map(lambda z: _decode_members(z, [n for zz, n, _ in items if zz == z]), zips))
     arrays = [a for chunk in decoded for a in chunk]
     labels = [lab for z in zips for zz, _, lab in items if zz == z]
     return ClassificationData(_stack(arrays, str(root)), torch.tensor(labels, dtype=torch.int64), wnids,
