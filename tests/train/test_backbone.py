@@ -55,6 +55,20 @@ def test_interrupted_run_resumes_identically(data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_without_or_with_a_damaged_resume_file(tmp_path):
+    from lowps.train.backbone import _resume
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="nothing to resume.*step 0"):
+        assert _resume(tmp_path, model, opt, torch.device("cpu")) == 0
+    (tmp_path / "resume.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot resume from .*resume.pt.*drop --resume"):
+        _resume(tmp_path, model, opt, torch.device("cpu"))
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": 7}, tmp_path / "resume.pt")
+    assert _resume(tmp_path, model, opt, torch.device("cpu")) == 7
+
+
 def test_torchrun_two_cpu_processes(data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),

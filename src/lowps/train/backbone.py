@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
+import warnings
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -228,7 +228,7 @@ def _resume(out: Path, model: nn.Module, opt: torch.optim.Optimizer, device: tor
     """Load ``out/resume.pt`` into the model and optimizer; the step to continue from (0 without one)."""
     path = out / "resume.pt"
     if not path.is_file():
-        print(f"lowps train: nothing to resume in {out} (no resume.pt); starting from step 0", file=sys.stderr)
+        warnings.warn(f"nothing to resume in {out} (no resume.pt); training starts from step 0", stacklevel=3)
         return 0
     try:
         state = torch.load(path, map_location=device, weights_only=True)
