@@ -113,12 +113,8 @@ class FastConvReLU(nn.Module):
             return False
         if mode == "auto" and not probe.gemm_grad_pays():
             return False
-        return (not conv.weight.requires_grad and not (conv.bias is not None and conv.bias.requires_grad)
-                and x.dtype in (torch.float32, torch.float64) and conv.weight.dtype == x.dtype
-                and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
-                and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
-                and conv.padding[0] == conv.padding[1]
-                and not torch.is_autocast_enabled(x.device.type)
+        return (_frozen_square_conv(conv) and x.dtype in (torch.float32, torch.float64)
+                and conv.weight.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type)
                 and not plain_ops_only() and not is_fake(conv.weight))
 
     def _small_map_nchw(self, x: torch.Tensor, packed_eligible: bool | None = None) -> bool:
@@ -234,3 +230,11 @@ class FastConvReLU(nn.Module):
         self._packed = {}
         self._refresh_nchw_weight()
         return out
+
+
+def _frozen_square_conv(conv: nn.Conv2d) -> bool:
+    """A conv `gemm_input_grad` handles: frozen weights and bias, one group, no dilation, the same
+    kernel size, stride and padding along both axes."""
+    return (not conv.weight.requires_grad and not (conv.bias is not None and conv.bias.requires_grad)
+            and conv.groups == 1 and tuple(conv.dilation) == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1])
