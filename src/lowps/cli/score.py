@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._common import add_metric_options, metric_config, non_negative_int, positive_int, run
 
@@ -146,7 +147,7 @@ def _scorers(a: argparse.Namespace) -> tuple[list, list[dict]]:
 def _score(a: argparse.Namespace) -> int:
     from .._dist import process_group_from_env
     from .._io import write_json
-    from ..agreement import format_comparison, plot_comparison, score_bapps, score_judgements
+    from ..agreement import format_comparison, plot_comparison
 
     if a.dataset == "bapps" and a.resize is not None:
         raise ValueError("--resize does not apply to BAPPS (its patches are 64x64, as the paper scores them)")
@@ -155,23 +156,7 @@ def _score(a: argparse.Namespace) -> int:
     records, source = (None, "") if a.dataset == "bapps" else _read_records(a)
     scorers, skipped = _scorers(a)
     with process_group_from_env(a.device) as (rank, _):
-        reports = []
-        for scorer in scorers:
-            if a.dataset == "bapps" or records is None:
-                reports.append(score_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device,
-                                           a.workers, progress=not a.quiet, keep_distances=bool(a.report),
-                                           bootstrap=a.bootstrap, seed=a.seed))
-            else:
-                from ..data.judgements import MOS_DIRECTION
-
-                direction = (a.higher_is_better if a.higher_is_better is not None else True) if a.dataset == "mos" \
-                    else MOS_DIRECTION.get(a.dataset, True)
-                reports.append(score_judgements(a.dataset, records, scorer, higher_is_better=direction,
-                                                   resize=a.resize, resize_filter=a.resize_filter,
-                                                   bootstrap=a.bootstrap, seed=a.seed,
-                                                   batch_size=a.batch_size, device=a.device, num_workers=a.workers,
-                                                   progress=not a.quiet, source=source,
-                                                   keep_distances=bool(a.report)))
+        reports = [_score_one(a, scorer, records, source) for scorer in scorers]
     if rank != 0:
         return 0
     if a.dataset == "bapps" and a.report:
@@ -185,22 +170,44 @@ def _score(a: argparse.Namespace) -> int:
     if a.plot:
         plot_comparison(reports, a.plot)
     if a.report:
-        import shlex
-
-        from ..data.judgements import ImageTuples
-        from ..report import write_report
-
-        if records is None:  # BAPPS: the records and images of the scored categories, loaded as scored
-            from ..data.bapps import bapps_records
-
-            records, images = bapps_records(reports[0]["root"], a.mode, a.split, list(reports[0]["categories"]))
-        else:
-            images = ImageTuples(records, a.resize, a.resize_filter)
-        write_report(a.report, reports, records, images, k=a.report_k, command=shlex.join(["lowps-score", *a.argv]),
-                     higher_is_better=reports[0].get("higher_is_better", True))
-        for r in reports:
-            r.pop("distances", None)
+        _html_report(a, reports, records)
     return EXIT_PARTIAL if skipped else 0
+
+
+def _score_one(a: argparse.Namespace, scorer: Any, records: Any, source: str) -> dict:
+    """One metric's report on the chosen set (BAPPS from its folders, any other set from ``records``)."""
+    from ..agreement import score_bapps, score_judgements
+    from ..data.judgements import MOS_DIRECTION
+
+    if a.dataset == "bapps" or records is None:
+        return score_bapps(a.root, scorer, a.mode, a.split, a.categories, a.batch_size, a.device, a.workers,
+                           progress=not a.quiet, keep_distances=bool(a.report), bootstrap=a.bootstrap, seed=a.seed)
+    direction = (a.higher_is_better if a.higher_is_better is not None else True) if a.dataset == "mos" \
+        else MOS_DIRECTION.get(a.dataset, True)
+    return score_judgements(a.dataset, records, scorer, higher_is_better=direction, resize=a.resize,
+                            resize_filter=a.resize_filter, bootstrap=a.bootstrap, seed=a.seed,
+                            batch_size=a.batch_size, device=a.device, num_workers=a.workers,
+                            progress=not a.quiet, source=source, keep_distances=bool(a.report))
+
+
+def _html_report(a: argparse.Namespace, reports: list[dict], records: Any) -> None:
+    """``--report``: the HTML page of the scored tuples (BAPPS's loaded as scored), then the kept
+    distances are dropped from the reports."""
+    import shlex
+
+    from ..data.judgements import ImageTuples
+    from ..report import write_report
+
+    if records is None:  # BAPPS: the records and images of the scored categories, loaded as scored
+        from ..data.bapps import bapps_records
+
+        records, images = bapps_records(reports[0]["root"], a.mode, a.split, list(reports[0]["categories"]))
+    else:
+        images = ImageTuples(records, a.resize, a.resize_filter)
+    write_report(a.report, reports, records, images, k=a.report_k, command=shlex.join(["lowps-score", *a.argv]),
+                 higher_is_better=reports[0].get("higher_is_better", True))
+    for r in reports:
+        r.pop("distances", None)
 
 
 def _flatten_bapps_distances(reports: list[dict]) -> None:
