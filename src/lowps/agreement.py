@@ -353,36 +353,44 @@ def format_comparison(reports: list[dict]) -> str:
     lines = [f"{first['dataset']} ({first['kind']}, n={first['all']['n']}, resize={first['resize']}"
              + (f" {first['resize_filter']}" if first.get('resize_filter') not in (None, 'bilinear') else "") + f", "
              f"bootstrap {first['bootstrap']['n']} x reference images, seed {first['bootstrap']['seed']})"]
-    if first["kind"] == "2afc":
-        lines.append(f"{'metric':<34}{'2AFC %':>8}{'95% CI':>18}{'rank corr':>11}")
-        for r in reports:
-            a = r["all"]
-            ci = a["ci95"].get("score")
-            ci_s = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else _no_ci(a, r)
-            lines.append(f"{_name(r):<34}{100 * a['score']:>8.2f}{ci_s:>18}{_fmt(a['rank_correlation'], '.4f'):>11}")
-        cats = [c for c in first["categories"]]
-        if cats:
-            lines.append("per category (2AFC %): " + ", ".join(cats))
-            for r in reports:
-                lines.append(f"  {_name(r):<32}" + "".join(f"{100 * r['categories'][c]['score']:>9.2f}" for c in cats))
-    else:
-        lines.append(f"{'metric':<34}{'SRCC':>8}{'95% CI':>18}{'KRCC':>8}{'PLCC':>8}{'RMSE':>10}")
-        for r in reports:
-            a = r["all"]
-            ci = a["ci95"].get("srcc")
-            ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else _no_ci(a, r)
-            lines.append(f"{_name(r):<34}{_fmt(a['srcc'], '.4f'):>8}{ci_s:>18}{_fmt(a['krcc'], '.4f'):>8}"
-                         f"{_fmt(a['plcc'], '.4f'):>8}{_fmt(a['rmse'], '.4g'):>10}")
-        cats = [c for c in first["categories"]]
-        if cats:
-            lines.append("per distortion type (SRCC): " + ", ".join(cats))
-            for r in reports:
-                lines.append(f"  {_name(r):<32}" + "".join(f"{_fmt(r['categories'][c]['srcc'], '.3f'):>9}"
-                                                          for c in cats))
+    lines += _rows_2afc(reports) if first["kind"] == "2afc" else _rows_mos(reports)
     if any(not r["all"]["ci95"].get("score" if first["kind"] == "2afc" else "srcc") and r["bootstrap"]["n"]
            for r in reports):
         lines.append("* CI undefined: the set has a single reference image, so resampling references cannot vary it")
     return "\n".join(lines)
+
+
+def _rows_2afc(reports: list[dict]) -> list[str]:
+    """`format_comparison`'s table for a 2AFC set: 2AFC score, CI, rank correlation; per category."""
+    lines = [f"{'metric':<34}{'2AFC %':>8}{'95% CI':>18}{'rank corr':>11}"]
+    for r in reports:
+        a = r["all"]
+        ci = a["ci95"].get("score")
+        ci_s = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else _no_ci(a, r)
+        lines.append(f"{_name(r):<34}{100 * a['score']:>8.2f}{ci_s:>18}{_fmt(a['rank_correlation'], '.4f'):>11}")
+    cats = list(reports[0]["categories"])
+    if cats:
+        lines.append("per category (2AFC %): " + ", ".join(cats))
+        for r in reports:
+            lines.append(f"  {_name(r):<32}" + "".join(f"{100 * r['categories'][c]['score']:>9.2f}" for c in cats))
+    return lines
+
+
+def _rows_mos(reports: list[dict]) -> list[str]:
+    """`format_comparison`'s table for a MOS set: SRCC with CI, KRCC, PLCC, RMSE; per distortion type."""
+    lines = [f"{'metric':<34}{'SRCC':>8}{'95% CI':>18}{'KRCC':>8}{'PLCC':>8}{'RMSE':>10}"]
+    for r in reports:
+        a = r["all"]
+        ci = a["ci95"].get("srcc")
+        ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else _no_ci(a, r)
+        lines.append(f"{_name(r):<34}{_fmt(a['srcc'], '.4f'):>8}{ci_s:>18}{_fmt(a['krcc'], '.4f'):>8}"
+                     f"{_fmt(a['plcc'], '.4f'):>8}{_fmt(a['rmse'], '.4g'):>10}")
+    cats = list(reports[0]["categories"])
+    if cats:
+        lines.append("per distortion type (SRCC): " + ", ".join(cats))
+        for r in reports:
+            lines.append(f"  {_name(r):<32}" + "".join(f"{_fmt(r['categories'][c]['srcc'], '.3f'):>9}" for c in cats))
+    return lines
 
 
 def _name(report: dict) -> str:
