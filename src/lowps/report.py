@@ -167,6 +167,59 @@ def _mos_scatter(reports: list[dict], dists: list[dict], mos: np.ndarray, ylabel
     return f'<img alt="metric against MOS" src="{_figure_uri(fig)}">'
 
 
+def _chart(reports: list[dict]) -> str:
+    """The comparison bar chart (`lowps.agreement.plot_comparison`) as an embedded PNG."""
+    import tempfile
+
+    from .agreement import plot_comparison
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / "plot.png"
+        try:
+            plot_comparison(reports, plot)
+        except ImportError:
+            return "<p>(no chart: matplotlib is not installed)</p>"
+        png = base64.b64encode(plot.read_bytes()).decode()
+    return f'<img alt="comparison chart" src="data:image/png;base64,{png}">'
+
+
+def _sections_2afc(reports: list[dict], dists: list[dict], records: list, dataset: Any, k: int) -> list[str]:
+    """The first metric's most confident disagreements with people, and (two metrics or more) the
+    triplets where the first two metrics disagree most."""
+    h = np.asarray([r.h for r in records], np.float64)
+    wrong = disagreements_2afc(dists[0]["d0"], dists[0]["d1"], h, k)
+    parts = [f"<h2>Where {_esc(_name(reports[0]))} disagrees most with people ({len(wrong)})</h2>",
+             "<p>The metric picks the other image than the majority, ranked by |normalised distance gap| "
+             "x |2h - 1| (a confident metric against a clear majority first).</p>",
+             '<div class="cases">' + "".join(
+                 _case_2afc(i, records[i], dataset[i][:3], reports, dists) for i in wrong) + "</div>"]
+    if len(reports) > 1:
+        split = metric_splits_2afc((dists[0]["d0"], dists[0]["d1"]), (dists[1]["d0"], dists[1]["d1"]), k)
+        parts.append(f"<h2>Where {_esc(_name(reports[0]))} and {_esc(_name(reports[1]))} disagree most "
+                     f"({len(split)})</h2><p>They pick different images; ranked by the smaller of their two "
+                     "normalised gaps.</p>")
+        parts.append('<div class="cases">' + "".join(
+            _case_2afc(i, records[i], dataset[i][:3], reports, dists) for i in split) + "</div>")
+    return parts
+
+
+def _sections_mos(reports: list[dict], dists: list[dict], records: list, dataset: Any, k: int,
+                  higher_is_better: bool, jnd: bool) -> list[str]:
+    """Each metric against the scores (scatter), and the pairs the first metric ranks furthest from people."""
+    mos = np.asarray([r.score for r in records], np.float64)
+    parts = ["<h2>Each metric against the " + ("share of people who judged each pair the same (BAPPS JND)"
+                                               if jnd else "subjective scores") + "</h2>"]
+    try:
+        parts.append(_mos_scatter(reports, dists, mos, "judged the same" if jnd else "subjective score"))
+    except ImportError:
+        parts.append("<p>(no scatter: matplotlib is not installed)</p>")
+    worst = worst_ranked_mos(dists[0]["d0"], mos, k, higher_is_better)
+    parts.append(f"<h2>Pairs {_esc(_name(reports[0]))} ranks furthest from people ({len(worst)})</h2>")
+    parts.append('<div class="cases">' + "".join(
+        _case_mos(i, records[i], dataset[i][:2], reports, dists, jnd) for i in worst) + "</div>")
+    return parts
+
+
 def write_report(path: str | os.PathLike[str], reports: list[dict], records: list, dataset: Any, *,
                  k: int = 24, command: str = "", higher_is_better: bool = True) -> Path:
     """Write the report for ``reports`` (from `lowps.agreement.score_judgements` with
@@ -175,7 +228,6 @@ def write_report(path: str | os.PathLike[str], reports: list[dict], records: lis
     `lowps.data.judgements.ImageTuples`, or `lowps.data.bapps.bapps_records`' set) loads. Written
     atomically."""
     from ._io import OutputError, write_text_atomic
-    from .agreement import plot_comparison
     from .data.judgements import Triplet
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -192,43 +244,11 @@ def write_report(path: str | os.PathLike[str], reports: list[dict], records: lis
              f"<p>{len(records)} records from {_esc(source)}; {len(reports)} metric(s). "
              "Images are shown as scored, upscaled by nearest neighbour.</p>",
              "<h2>Comparison</h2>", _table(reports)]
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        plot = Path(tmp) / "plot.png"
-        try:
-            plot_comparison(reports, plot)
-            parts.append(f'<img alt="comparison chart" src="data:image/png;base64,'
-                         f'{base64.b64encode(plot.read_bytes()).decode()}">')
-        except ImportError:
-            parts.append("<p>(no chart: matplotlib is not installed)</p>")
+    parts.append(_chart(reports))
     if isinstance(records[0], Triplet):
-        h = np.asarray([r.h for r in records], np.float64)
-        wrong = disagreements_2afc(dists[0]["d0"], dists[0]["d1"], h, k)
-        parts.append(f"<h2>Where {_esc(_name(first))} disagrees most with people ({len(wrong)})</h2>")
-        parts.append("<p>The metric picks the other image than the majority, ranked by |normalised distance gap| "
-                     "x |2h - 1| (a confident metric against a clear majority first).</p>")
-        parts.append('<div class="cases">' + "".join(
-            _case_2afc(i, records[i], dataset[i][:3], reports, dists) for i in wrong) + "</div>")
-        if len(reports) > 1:
-            split = metric_splits_2afc((dists[0]["d0"], dists[0]["d1"]), (dists[1]["d0"], dists[1]["d1"]), k)
-            parts.append(f"<h2>Where {_esc(_name(reports[0]))} and {_esc(_name(reports[1]))} disagree most "
-                         f"({len(split)})</h2><p>They pick different images; ranked by the smaller of their two "
-                         "normalised gaps.</p>")
-            parts.append('<div class="cases">' + "".join(
-                _case_2afc(i, records[i], dataset[i][:3], reports, dists) for i in split) + "</div>")
+        parts += _sections_2afc(reports, dists, records, dataset, k)
     else:
-        mos = np.asarray([r.score for r in records], np.float64)
-        parts.append("<h2>Each metric against the " + ("share of people who judged each pair the same (BAPPS JND)"
-                                                       if jnd else "subjective scores") + "</h2>")
-        try:
-            parts.append(_mos_scatter(reports, dists, mos, "judged the same" if jnd else "subjective score"))
-        except ImportError:
-            parts.append("<p>(no scatter: matplotlib is not installed)</p>")
-        worst = worst_ranked_mos(dists[0]["d0"], mos, k, higher_is_better)
-        parts.append(f"<h2>Pairs {_esc(_name(first))} ranks furthest from people ({len(worst)})</h2>")
-        parts.append('<div class="cases">' + "".join(
-            _case_mos(i, records[i], dataset[i][:2], reports, dists, jnd) for i in worst) + "</div>")
+        parts += _sections_mos(reports, dists, records, dataset, k, higher_is_better, jnd)
     prov = {"versions": first.get("versions"), "command": command, "source": source,
             "metrics": [r["config"] for r in reports], "resize": first.get("resize"),
             "resize_filter": first.get("resize_filter"), "bootstrap": first.get("bootstrap")}
