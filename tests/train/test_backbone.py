@@ -45,6 +45,16 @@ def test_train_writes_checkpoints_with_json(data, tmp_path):
     assert json.loads(out.stdout)["top1"] == pytest.approx(rec["top1"], abs=1e-6)
 
 
+def test_training_leaves_the_callers_rng_and_threads_alone(data, tmp_path):
+    """Issue #36: train_backbone (here with threads=1) seeds its own state and restores the caller's."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    assert _train(data, tmp_path / "run", "--stop-after", "1") == 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_num_threads() == threads
+
+
 def test_interrupted_run_resumes_identically(data, tmp_path):
     assert _train(data, tmp_path / "full") == 0
     assert _train(data, tmp_path / "part", "--stop-after", "3") == 0

@@ -47,3 +47,17 @@ def test_head_for_another_backbone_is_rejected(tmp_path):
         lowps.PerceptualDistance(backbone="resnet10", distance="linear", weights="random", head_weights=head)
     assert torch.isfinite(lowps.PerceptualDistance(distance="linear", weights="random", head_weights=head)(
         torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))).all()
+
+
+def test_training_leaves_the_callers_rng_and_threads_alone(tmp_path):
+    """Issue #36: train_linear seeds its own state from ``seed`` and hands back the caller's."""
+    from lowps.train.linear import train_linear
+
+    make_bapps(tmp_path / "dataset", n=4, categories=("traditional",), split="train")
+    threads = torch.get_num_threads()
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    train_linear("resnet6", str(tmp_path), str(tmp_path / "h.safetensors"), weights="random", epochs=1,
+                 decay_epochs=0, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_num_threads() == threads
